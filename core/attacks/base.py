@@ -1,0 +1,151 @@
+"""The Attack interface and the timestep sweep every attack shares.
+
+An attack turns one sample at one timestep into a statistic (METHODS section 3). Its
+hyperparameters are set in ``__init__`` and nothing else happens there. Randomness comes only
+from noise passed in explicitly, or drawn from an explicit ``torch.Generator``.
+
+In a sweep, the noise for each (sample, timestep) pair is drawn from a generator seeded by
+(seed, the sample's content key, t). A sample's statistic therefore does not depend on the
+batch size, on the order of the samples, or on which other samples are in the set, which is
+what makes the score cache and resumed audits exact.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from typing import Callable, Literal, Sequence
+
+import torch
+
+from core.errors import DataError, SimaError
+from core.hashing import row_digests, seed_for
+from core.models.base import DiffusionModel
+
+MemberWhen = Literal["lower", "higher"]
+
+#: Forward passes per compute batch in a sweep when the caller does not choose. Measured on
+#: 2 CPU cores with a 1.1M-parameter UNet: batch 32 ran fastest (see benchmarks/speed.py).
+DEFAULT_BATCH_SIZE = 32
+
+
+def keyed_noise(keys: Sequence[str], t: torch.Tensor, draws: int, shape: Sequence[int], seed: int) -> torch.Tensor:
+    """Standard normal noise (N, draws, *shape), each row fixed by (seed, key, t) alone."""
+    out = torch.empty(len(keys), draws, *shape)
+    for i, (key, step) in enumerate(zip(keys, t.tolist())):
+        g = torch.Generator().manual_seed(seed_for((seed, key, int(step))))
+        out[i] = torch.randn(draws, *shape, generator=g)
+    return out
+
+
+class Attack(abc.ABC):
+    """A membership statistic. Subclasses set ``name``, ``member_when`` and ``noise_draws``.
+
+    ``noise_draws`` is how many standard normal tensors of the sample's shape the statistic
+    needs per (sample, timestep); 0 for deterministic attacks.
+    """
+
+    name: str = "attack"
+    member_when: MemberWhen = "lower"
+    noise_draws: int = 0
+    #: False for attacks that average over their own timestep grid and ignore t.
+    uses_timestep: bool = True
+
+    @abc.abstractmethod
+    def queries_per_sample(self, t: int) -> int:
+        """Model evaluations this attack spends on one sample at timestep t."""
+
+    @abc.abstractmethod
+    def _statistic(self, model: DiffusionModel, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """Statistic per sample (float64, shape [N]); ``t`` is a validated LongTensor [N]."""
+
+    def get_params(self) -> dict:
+        """Hyperparameters by name, as given to ``__init__`` (part of every cache key)."""
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {p: getattr(self, p) for p in names}
+
+    def describe(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{self.name}({params})"
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+    def statistic(
+        self,
+        model: DiffusionModel,
+        x0: torch.Tensor,
+        t: int | torch.Tensor,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The raw statistic for model-space samples ``x0`` (N, *model.sample_shape) at t.
+
+        Random attacks take ``noise`` of shape (N, noise_draws, *sample_shape), or draw it
+        from ``generator``; one of the two is required so that no result is unseeded.
+        """
+        if x0.dim() != 4 or x0.shape[0] == 0:
+            raise DataError("Give a non-empty batch of samples shaped (N, C, H, W).")
+        t = model.timesteps(t, x0.shape[0])
+        if self.noise_draws:
+            expected = (x0.shape[0], self.noise_draws, *x0.shape[1:])
+            if noise is None:
+                if generator is None:
+                    raise SimaError(
+                        f"{self.name} is random: pass a seeded torch.Generator (or explicit noise) "
+                        "so that its result can be reproduced."
+                    )
+                noise = torch.randn(expected, generator=generator)
+            if tuple(noise.shape) != expected:
+                raise SimaError(f"{self.name} needs noise of shape {expected}, got {tuple(noise.shape)}.")
+            noise = noise.to(device=x0.device, dtype=x0.dtype)
+        with torch.inference_mode():
+            return self._statistic(model, x0, t, noise).to(torch.float64).cpu()
+
+    def sweep(
+        self,
+        model: DiffusionModel,
+        x0: torch.Tensor,
+        timesteps: Sequence[int],
+        *,
+        seed: int = 0,
+        keys: Sequence[str] | None = None,
+        batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
+        """Statistics for every sample at every timestep: a float64 tensor (N, len(timesteps)).
+
+        (sample, timestep) pairs are packed into mixed batches of about ``batch_size`` model
+        evaluations so the model always sees full batches. ``keys`` identify samples for the
+        noise (default: content digests of ``x0``). ``progress(done, total)`` is called after
+        each batch with counts of pairs.
+        """
+        n, steps = x0.shape[0], [int(s) for s in timesteps]
+        if not steps:
+            raise DataError("Give at least one timestep.")
+        model.timesteps(torch.tensor(steps), len(steps))
+        if n == 0:
+            return torch.empty(0, len(steps), dtype=torch.float64)
+        if self.noise_draws and keys is None:
+            keys = row_digests(x0)
+        if keys is not None and len(keys) != n:
+            raise DataError(f"Got {len(keys)} keys for {n} samples.")
+        # An attack that ignores t is computed once and copied across the grid.
+        grid = steps if self.uses_timestep else steps[:1]
+        sample_idx = torch.arange(n).repeat_interleave(len(grid))
+        step_of_pair = torch.tensor(grid).repeat(n)
+        cost = max(1, max(self.queries_per_sample(s) for s in grid))
+        per_batch = max(1, (batch_size or DEFAULT_BATCH_SIZE) // cost)
+        out = torch.empty(n * len(grid), dtype=torch.float64)
+        total = out.numel()
+        for start in range(0, total, per_batch):
+            idx = sample_idx[start:start + per_batch]
+            t = step_of_pair[start:start + per_batch]
+            noise = None
+            if self.noise_draws:
+                noise = keyed_noise([keys[i] for i in idx.tolist()], t, self.noise_draws, x0.shape[1:], seed)
+            out[start:start + len(idx)] = self.statistic(model, x0[idx], t, noise=noise)
+            if progress is not None:
+                progress(min(start + per_batch, total), total)
+        out = out.view(n, len(grid))
+        return out if self.uses_timestep else out.expand(n, len(steps)).clone()

@@ -1,0 +1,82 @@
+"""SimA and its Monte Carlo variant (METHODS section 3): the norm of the predicted noise."""
+
+from __future__ import annotations
+
+import torch
+
+from core.attacks.base import Attack
+from core.errors import SimaError
+from core.models.base import DiffusionModel
+
+REDUCTIONS = ("mean_norm", "norm_of_mean")
+
+
+def _check_p(p: float) -> None:
+    if not p > 0:
+        raise SimaError(f"The norm order p must be positive, got {p}.")
+
+
+def _noised(model: DiffusionModel, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_t(eps) = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps for noise (N, ...) or (N, K, ...)."""
+    a = model.abar(t).to(dtype=x0.dtype, device=x0.device).view(-1, *([1] * (noise.dim() - 1)))
+    x0 = x0 if noise.dim() == x0.dim() else x0.unsqueeze(1)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+class SimA(Attack):
+    """||eps_theta(x0, t)||_p^p at the clean input, no noise added: one query per sample.
+
+    Members get small values (the prediction points towards a local mean that is the sample
+    itself), so ``member_when = "lower"``.
+    """
+
+    name = "sima"
+    member_when = "lower"
+
+    def __init__(self, p: float = 4):
+        _check_p(p)
+        self.p = p
+
+    def queries_per_sample(self, t: int) -> int:
+        return 1
+
+    def _statistic(self, model, x0, t, noise):
+        eps = model.eps(x0, t).to(torch.float64)
+        return eps.abs().pow(self.p).flatten(1).sum(1)
+
+
+class SimAMC(Attack):
+    """Monte Carlo SimA over ``k`` noise draws at x_t(eps_k).
+
+    ``reduce="mean_norm"``: the mean over k of ||eps_theta(x_t(eps_k), t)||_p.
+    ``reduce="norm_of_mean"``: ||mean_k eps_theta(x_t(eps_k), t)||_p, the quantity of METHODS
+    section 2 whose expectation points from the local mean to x0.
+    """
+
+    name = "sima-mc"
+    member_when = "lower"
+
+    def __init__(self, k: int = 10, reduce: str = "mean_norm", p: float = 4):
+        if int(k) != k or k < 1:
+            raise SimaError(f"k (the number of noise draws) must be a positive whole number, got {k}.")
+        if reduce not in REDUCTIONS:
+            raise SimaError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}.")
+        _check_p(p)
+        self.k = int(k)
+        self.reduce = reduce
+        self.p = p
+
+    @property
+    def noise_draws(self) -> int:  # type: ignore[override]
+        return self.k
+
+    def queries_per_sample(self, t: int) -> int:
+        return self.k
+
+    def _statistic(self, model, x0, t, noise):
+        n, k = x0.shape[0], self.k
+        xt = _noised(model, x0, t, noise).reshape(n * k, *x0.shape[1:])
+        eps = model.eps(xt, t.repeat_interleave(k)).to(torch.float64).reshape(n, k, -1)
+        if self.reduce == "norm_of_mean":
+            return eps.mean(1).abs().pow(self.p).sum(1).pow(1 / self.p)
+        return eps.abs().pow(self.p).sum(2).pow(1 / self.p).mean(1)

@@ -1,0 +1,346 @@
+"""Audits: the evaluation protocol of METHODS section 5, from images to an AuditResult.
+
+Members and non-members are each split 50/50 (seeded) into a selection half and a report
+half. The timestep is chosen on the selection half only; every reported metric comes from
+the report half at that timestep, with bootstrap confidence intervals. The full per-timestep
+curves are kept for display.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from core import metrics
+from core.attacks.base import Attack
+from core.errors import DataError, SimaError
+from core.hashing import row_digests
+from core.models.base import DiffusionModel
+
+SELECTIONS = ("auc", "tpr1")
+DEFAULT_TIMESTEPS = tuple(range(0, 201, 10))
+RESULT_FILE = "result.json"
+SCORES_FILE = "scores.npz"
+SAMPLES_FILE = "samples.csv"
+FORMAT_VERSION = 1
+
+Progress = Callable[[int, int], None]
+
+
+def parse_timesteps(text: str) -> list[int]:
+    """'0:200:10' (inclusive stop), '50' or '10,50,100' to a sorted list of distinct integers."""
+    try:
+        if ":" in text:
+            parts = [int(p) for p in text.split(":")]
+            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] <= 0):
+                raise ValueError
+            start, stop = parts[0], parts[1]
+            step = parts[2] if len(parts) == 3 else 1
+            steps = list(range(start, stop + 1, step))
+        else:
+            steps = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise SimaError(f"Cannot read timesteps {text!r}: use START:STOP:STEP (e.g. 0:200:10), or a list like 10,50,100.") from None
+    if not steps:
+        raise SimaError(f"Timesteps {text!r} give an empty grid.")
+    return sorted(set(steps))
+
+
+def split_halves(n_members: int, n_nonmembers: int, seed: int) -> np.ndarray:
+    """True where a sample is in the selection half; members and non-members split separately."""
+    if n_members < 2 or n_nonmembers < 2:
+        raise DataError(
+            f"An audit needs at least 2 members and 2 non-members (got {n_members} and {n_nonmembers}) "
+            "so that both halves hold both classes."
+        )
+    rng = np.random.default_rng(seed)
+    halves = []
+    for n in (n_members, n_nonmembers):
+        chosen = np.zeros(n, dtype=bool)
+        chosen[rng.permutation(n)[: n // 2]] = True
+        halves.append(chosen)
+    return np.concatenate(halves)
+
+
+def choose_timestep(stats: np.ndarray, labels: np.ndarray, member_when: str, timesteps: Sequence[int], select: str) -> tuple[int, list[float | None]]:
+    """Index of the best timestep by AUC or TPR@1%FPR on the given samples, and each t's value.
+
+    Ties go to the earliest timestep, so the choice is deterministic.
+    """
+    values: list[float | None] = []
+    for j in range(len(timesteps)):
+        scores = metrics.membership_scores(stats[:, j], member_when)
+        if select == "auc":
+            values.append(metrics.auc(scores, labels))
+        else:
+            values.append(metrics.tpr_at_fpr(scores, labels, 0.01).value)
+    if all(v is None for v in values):
+        raise DataError(
+            "TPR@1%FPR cannot be measured on the selection half (it needs at least 100 non-members there); "
+            "select by AUC instead (--select auc) or add non-members."
+        )
+    best = max(range(len(values)), key=lambda j: (values[j] is not None, values[j] or 0.0, -j))
+    return best, values
+
+
+@dataclass
+class AuditResult:
+    """Everything an audit produced; enough to recompute every metric from the raw statistics."""
+
+    attack: str
+    attack_params: dict
+    member_when: str
+    timesteps: list[int]
+    ids: list[str]
+    labels: np.ndarray  # 1 member, 0 non-member
+    selection_half: np.ndarray  # True where the sample chose t
+    statistics: np.ndarray  # (N, T) raw statistic, for display and recomputation
+    chosen_t: int
+    selection: str
+    metrics: metrics.Metrics
+    per_t: list[dict]
+    seed: int
+    model_fingerprint: str
+    model_name: str
+    queries_per_sample: int
+    wall_time_s: float
+    n_bootstrap: int = 1000
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_members(self) -> int:
+        return int(self.labels.sum())
+
+    @property
+    def n_nonmembers(self) -> int:
+        return int((1 - self.labels).sum())
+
+    def column(self, t: int) -> int:
+        if t not in self.timesteps:
+            raise SimaError(f"t={t} is not in this audit's grid {self.timesteps}.")
+        return self.timesteps.index(t)
+
+    def membership_scores(self, t: int | None = None) -> np.ndarray:
+        """Scores where higher means member, at t (default: the chosen t), for all samples."""
+        return metrics.membership_scores(self.statistics[:, self.column(self.chosen_t if t is None else t)], self.member_when)
+
+    def report_mask(self) -> np.ndarray:
+        return ~self.selection_half
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "attack": self.attack,
+            "attack_params": self.attack_params,
+            "member_when": self.member_when,
+            "chosen_t": self.chosen_t,
+            "selection": self.selection,
+            "n_members": self.n_members,
+            "n_nonmembers": self.n_nonmembers,
+            "seed": self.seed,
+            "n_bootstrap": self.n_bootstrap,
+            "model_fingerprint": self.model_fingerprint,
+            "model_name": self.model_name,
+            "queries_per_sample": self.queries_per_sample,
+            "wall_time_s": round(self.wall_time_s, 3),
+            "timesteps": self.timesteps,
+            "metrics": self.metrics.to_dict(),
+            "per_t": self.per_t,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    def summary(self) -> str:
+        m = self.metrics.to_dict()
+
+        def fmt(key: str) -> str:
+            e = m[key]
+            if e["value"] is None:
+                return "not measurable"
+            ci = "" if e["ci_low"] is None else f" [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
+            return f"{e['value']:.3f}{ci}"
+
+        report = int(self.report_mask().sum())
+        lines = [
+            f"{self.model_name} | attack {self.attack} | {self.n_members} members, {self.n_nonmembers} non-members",
+            f"t chosen on the selection half by {self.selection}: t = {self.chosen_t} (grid {self.timesteps[0]}..{self.timesteps[-1]}, {len(self.timesteps)} steps)",
+            f"Report half ({report} samples), 95% bootstrap CIs ({self.n_bootstrap} resamples):",
+            f"  AUC          {fmt('auc')}",
+            f"  ASR          {fmt('asr')}",
+            f"  TPR@1%FPR    {fmt('tpr_at_1pct_fpr')}",
+            f"  TPR@0.1%FPR  {fmt('tpr_at_0_1pct_fpr')}",
+            f"Queries per sample per timestep: {self.queries_per_sample}; wall time {self.wall_time_s:.1f} s",
+        ]
+        return "\n".join(lines)
+
+    def to_frame(self):
+        """Per-sample table: id, label, half, then the raw statistic at each timestep."""
+        import pandas as pd
+
+        frame = pd.DataFrame({"id": self.ids, "label": self.labels.astype(int), "half": self.halves()})
+        for j, t in enumerate(self.timesteps):
+            frame[f"t{t}"] = self.statistics[:, j]
+        return frame
+
+    def halves(self) -> list[str]:
+        return ["selection" if s else "report" for s in self.selection_half]
+
+    def save(self, folder: str | Path) -> Path:
+        """Write result.json, scores.npz and the per-sample CSV into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / RESULT_FILE).write_text(json.dumps(self.to_dict(), indent=2))
+        np.savez(
+            folder / SCORES_FILE,
+            statistics=self.statistics,
+            labels=self.labels,
+            selection_half=self.selection_half,
+            timesteps=np.asarray(self.timesteps),
+            ids=np.asarray(self.ids, dtype=str),
+        )
+        self.write_csv(folder / SAMPLES_FILE)
+        return folder
+
+    def write_csv(self, path: Path) -> None:
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["id", "label", "half", *(f"t{t}" for t in self.timesteps)])
+            for i, half in enumerate(self.halves()):
+                writer.writerow([self.ids[i], int(self.labels[i]), half, *(repr(float(v)) for v in self.statistics[i])])
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "AuditResult":
+        """Read a saved audit back; metrics are recomputed from the raw statistics and checked."""
+        folder = Path(folder)
+        try:
+            info = json.loads((folder / RESULT_FILE).read_text())
+            arrays = np.load(folder / SCORES_FILE, allow_pickle=False)
+        except (OSError, json.JSONDecodeError, ValueError) as exc:
+            raise DataError(f"{folder} does not hold a readable audit ({exc}); run `sima audit --out {folder}` again.") from None
+        return _assemble(
+            statistics=arrays["statistics"],
+            labels=arrays["labels"],
+            selection_half=arrays["selection_half"],
+            ids=[str(i) for i in arrays["ids"]],
+            timesteps=[int(t) for t in arrays["timesteps"]],
+            attack=info["attack"],
+            attack_params=info["attack_params"],
+            member_when=info["member_when"],
+            select=info["selection"],
+            seed=info["seed"],
+            n_bootstrap=info["n_bootstrap"],
+            model_fingerprint=info["model_fingerprint"],
+            model_name=info["model_name"],
+            queries_per_sample=info["queries_per_sample"],
+            wall_time_s=info["wall_time_s"],
+            extra=info.get("extra", {}),
+        )
+
+
+def _assemble(*, statistics, labels, selection_half, timesteps, member_when, select, seed, n_bootstrap, **rest) -> AuditResult:
+    """Choose t on the selection half and compute every report-half metric."""
+    sel, rep = selection_half, ~selection_half
+    best, sel_values = choose_timestep(statistics[sel], labels[sel], member_when, timesteps, select)
+    sel_auc = sel_values if select == "auc" else [
+        metrics.auc(metrics.membership_scores(statistics[sel, j], member_when), labels[sel]) for j in range(len(timesteps))
+    ]
+    per_t = []
+    for j, t in enumerate(timesteps):
+        scores = metrics.membership_scores(statistics[rep, j], member_when)
+        per_t.append({
+            "t": int(t),
+            "selection_auc": sel_auc[j],
+            "auc": metrics.auc(scores, labels[rep]),
+            "asr": metrics.asr(scores, labels[rep]),
+            "tpr_at_1pct_fpr": metrics.tpr_at_fpr(scores, labels[rep], 0.01).value,
+        })
+    report_scores = metrics.membership_scores(statistics[rep, best], member_when)
+    return AuditResult(
+        statistics=statistics,
+        labels=labels,
+        selection_half=selection_half,
+        timesteps=list(timesteps),
+        member_when=member_when,
+        selection=select,
+        seed=seed,
+        n_bootstrap=n_bootstrap,
+        chosen_t=int(timesteps[best]),
+        metrics=metrics.evaluate(report_scores, labels[rep], n_bootstrap=n_bootstrap, seed=seed),
+        per_t=per_t,
+        **rest,
+    )
+
+
+def encode_batched(model: DiffusionModel, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Images to model space, in batches so a large set never goes through the encoder at once."""
+    if not model.is_latent:
+        return images
+    with torch.inference_mode():
+        return torch.cat([model.encode(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def run_audit(
+    model: DiffusionModel,
+    members: torch.Tensor,
+    nonmembers: torch.Tensor,
+    *,
+    attack: Attack | str = "sima",
+    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+    select: str = "auc",
+    seed: int = 0,
+    member_ids: Sequence[str] | None = None,
+    nonmember_ids: Sequence[str] | None = None,
+    batch_size: int | None = None,
+    n_bootstrap: int = 1000,
+    progress: Progress | None = None,
+) -> AuditResult:
+    """Audit one attack on one model: members and non-members are [-1, 1] image batches."""
+    from core.attacks import get_attack
+
+    attack = get_attack(attack) if isinstance(attack, str) else attack
+    if select not in SELECTIONS:
+        raise SimaError(f"select must be one of {', '.join(SELECTIONS)}, got {select!r}.")
+    timesteps = sorted({int(t) for t in timesteps})
+    n_m, n_n = len(members), len(nonmembers)
+    selection_half = split_halves(n_m, n_n, seed)
+    images = torch.cat([members, nonmembers])
+    if tuple(images.shape[1:]) != tuple(model.image_shape):
+        raise DataError(
+            f"The images are {tuple(images.shape[1:])} but {model.name} takes {tuple(model.image_shape)}; "
+            "load them with core.data so they are converted to the model's size."
+        )
+    ids = list(member_ids or [f"member-{i}" for i in range(n_m)]) + list(nonmember_ids or [f"nonmember-{i}" for i in range(n_n)])
+    if len(ids) != n_m + n_n:
+        raise DataError(f"Got {len(ids)} ids for {n_m + n_n} images.")
+    start = time.perf_counter()
+    keys = row_digests(images)
+    stats = attack.sweep(model, encode_batched(model, images), timesteps, seed=seed, keys=keys, batch_size=batch_size, progress=progress)
+    wall = time.perf_counter() - start
+    labels = np.concatenate([np.ones(n_m, dtype=np.int64), np.zeros(n_n, dtype=np.int64)])
+    return _assemble(
+        statistics=stats.numpy(),
+        labels=labels,
+        selection_half=selection_half,
+        ids=ids,
+        timesteps=timesteps,
+        attack=attack.name,
+        attack_params=_jsonable(attack.get_params()),
+        member_when=attack.member_when,
+        select=select,
+        seed=seed,
+        n_bootstrap=n_bootstrap,
+        model_fingerprint=model.fingerprint,
+        model_name=model.name,
+        queries_per_sample=max(attack.queries_per_sample(t) for t in timesteps),
+        wall_time_s=wall,
+    )
+
+
+def _jsonable(params: dict) -> dict:
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)) for k, v in params.items()}

@@ -1,0 +1,216 @@
+"""The `sima` command: the same core calls as the app, from the shell.
+
+A user error exits with status 2 and one line on stderr that says what to do; progress bars
+go to stderr so that ``--json`` output on stdout stays clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from core.errors import SimaError
+
+EXIT_USER_ERROR = 2
+
+
+def _progress(desc: str, quiet: bool):
+    """A progress callback drawing a tqdm bar on stderr, or None when quiet."""
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=desc, unit="pair", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def load_set(spec: str, model, which: str):
+    """Images and ids from 'demo' (the bundled model's own split) or a folder / zip / npz / file."""
+    if spec == "demo":
+        from core.datasets import demo_sets
+
+        members, member_ids, heldout, heldout_ids = demo_sets(model)
+        return (members, member_ids) if which == "members" else (heldout, heldout_ids)
+    return load_files([spec], model)
+
+
+def load_files(sources: Sequence[str], model, problems: list | None = None):
+    """Load images for ``model``; bad files are reported on stderr (and collected) and skipped."""
+    from core.data import load_images
+
+    c, h, w = model.image_shape
+    loaded = load_images(sources if len(sources) > 1 else sources[0], channels=c, size=(h, w))
+    for problem in loaded.errors:
+        _warn(f"skipped {problem.source}: {problem.message}")
+        if problems is not None:
+            problems.append(problem)
+    loaded.raise_if_empty()
+    return loaded.images, loaded.ids
+
+
+def _model(args):
+    from core import load_model
+
+    return load_model(args.model, allow_pickle=args.allow_pickle, device=args.device)
+
+
+def _fmt(estimate: dict) -> str:
+    if estimate["value"] is None:
+        return "n/a"
+    if estimate.get("ci_low") is None:
+        return f"{estimate['value']:.3f}"
+    return f"{estimate['value']:.3f} [{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]"
+
+
+def results_table(results) -> str:
+    """A markdown table of audit results, one row per attack."""
+    rows = [
+        "| attack | chosen t | AUC | ASR | TPR@1%FPR | TPR@0.1%FPR | queries | wall time (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        m = r.metrics.to_dict()
+        rows.append(
+            f"| {r.attack} | {r.chosen_t} | {_fmt(m['auc'])} | {_fmt(m['asr'])} | {_fmt(m['tpr_at_1pct_fpr'])} | "
+            f"{_fmt(m['tpr_at_0_1pct_fpr'])} | {r.queries_per_sample} | {r.wall_time_s:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def cmd_audit(args) -> int:
+    from core.attacks import parse_attacks
+    from core.audit import parse_timesteps, run_audit
+
+    attacks = parse_attacks(args.attack)
+    timesteps = parse_timesteps(args.timesteps)
+    model = _model(args)
+    members, member_ids = load_set(args.members, model, "members")
+    nonmembers, nonmember_ids = load_set(args.nonmembers, model, "heldout")
+    results = []
+    for attack in attacks:
+        update, close = _progress(f"{attack.name} sweep", args.quiet)
+        try:
+            results.append(run_audit(
+                model, members, nonmembers, attack=attack, timesteps=timesteps, select=args.select,
+                seed=args.seed, member_ids=member_ids, nonmember_ids=nonmember_ids,
+                batch_size=args.batch_size, n_bootstrap=args.bootstrap, progress=update,
+            ))
+        finally:
+            close()
+    if args.out:
+        out = Path(args.out)
+        for r in results:
+            r.save(out if len(results) == 1 else out / r.attack)
+    if args.json:
+        payload = [r.to_dict() for r in results]
+        print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
+    else:
+        print(f"{model.info().describe()}")
+        print(f"{results[0].n_members} members, {results[0].n_nonmembers} non-members; t chosen on the selection "
+              f"half by {args.select}; metrics on the report half with 95% bootstrap CIs.\n")
+        print(results_table(results))
+        if args.out:
+            print(f"\nWrote {args.out}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from core.attacks import get_attack
+    from core.scoring import score_images
+
+    model = _model(args)
+    problems: list = []
+    images, ids = load_files(args.images, model, problems)
+    reference = load_set(args.reference, model, "heldout")[0] if args.reference else None
+    records = score_images(
+        model, images, ids, attack=get_attack(args.attack), t=args.t, reference=reference, fpr=args.fpr, seed=args.seed
+    )
+    if args.json:
+        print(json.dumps([r.to_dict() for r in records], indent=2))
+    else:
+        for r in records:
+            line = f"{r.file}\tt={r.t}\tstatistic={r.statistic:.6g}"
+            if r.p_value is not None:
+                line += f"\tp={r.p_value:.4f}\t{r.verdict}"
+            print(line)
+        if reference is not None:
+            print(f"\nVerdicts at FPR {args.fpr} against {len(reference)} reference non-members. {records[0].explanation}")
+    return EXIT_USER_ERROR if problems else 0
+
+
+def cmd_train(args) -> int:
+    from core.train import train
+
+    folder = train(args.config, args.out, progress=not args.quiet)
+    print(f"Saved {folder}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sima", description="Membership inference on diffusion models (SimA and baselines).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True, help="bundled demo name, diffusers folder, or hub id")
+        p.add_argument("--seed", type=int, default=0, help="seed for splits, noise and bootstrap (default 0)")
+        p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+        p.add_argument("--allow-pickle", action="store_true", help="allow pickle-based .bin weights (only from a source you trust)")
+        p.add_argument("--json", action="store_true", help="print JSON to stdout")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    audit = sub.add_parser("audit", help="score members and non-members, choose t on one half, report on the other")
+    common(audit)
+    audit.add_argument("--members", required=True, help="'demo', a folder, zip or npz of training images")
+    audit.add_argument("--nonmembers", required=True, help="'demo', a folder, zip or npz of held-out images")
+    audit.add_argument("--attack", default="sima", help="attack name(s), comma separated (default sima)")
+    audit.add_argument("--timesteps", default="0:200:10", help="START:STOP:STEP inclusive, or a list (default 0:200:10)")
+    audit.add_argument("--select", default="auc", choices=["auc", "tpr1"], help="metric that chooses t on the selection half")
+    audit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
+    audit.add_argument("--batch-size", type=int, default=None, help="forward-pass batch size (default: measured best)")
+    audit.add_argument("--out", help="folder for result.json, samples.csv and scores.npz")
+    audit.set_defaults(func=cmd_audit)
+
+    score = sub.add_parser("score", help="score images; with --reference, a p-value and verdict for each")
+    common(score)
+    score.add_argument("images", nargs="+", help="image files, folders, zips or npz")
+    score.add_argument("--attack", default="sima")
+    score.add_argument("--t", type=int, default=50, help="timestep (default 50)")
+    score.add_argument("--reference", help="known non-members ('demo' for a bundled model's held-out set)")
+    score.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate of the verdict (default 0.01)")
+    score.set_defaults(func=cmd_score)
+
+    train = sub.add_parser("train", help="train a demo model from a JSON config")
+    train.add_argument("config", help="training config JSON (e.g. assets/models/NAME/train.json)")
+    train.add_argument("--out", help="output folder (default: from the config)")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SimaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The one interface every model family is reduced to: eps(x, t) in model space.
+
+Attacks, local means and audits only ever see a :class:`DiffusionModel`. Adapters (pixel,
+latent, empirical) turn whatever a model predicts (eps, v or x0, with or without a learned
+variance half) into the noise prediction of METHODS section 1.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from core.errors import ModelError
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def to_eps(output: torch.Tensor, x: torch.Tensor, abar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """Convert a network's raw prediction to a noise prediction.
+
+    ``abar`` holds alphas_cumprod[t] per sample (shape [N]). A learned-variance output with
+    twice the input channels keeps only its first half, which is the mean (eps/v/x0) part.
+    """
+    channels = x.shape[1]
+    if output.shape[1] == 2 * channels:
+        output = output[:, :channels]
+    elif output.shape[1] != channels:
+        raise ModelError(
+            f"The model returned {output.shape[1]} channels for a {channels}-channel input; "
+            f"expected {channels} (or {2 * channels} with a learned variance). Check the model's config."
+        )
+    if prediction_type == "epsilon":
+        return output
+    a = abar.to(dtype=x.dtype, device=x.device).view(-1, *([1] * (x.dim() - 1)))
+    if prediction_type == "v_prediction":
+        return a.sqrt() * output + (1 - a).sqrt() * x
+    if prediction_type == "sample":
+        return (x - a.sqrt() * output) / (1 - a).sqrt()
+    raise ModelError(
+        f"Unknown prediction_type {prediction_type!r}; expected one of {', '.join(PREDICTION_TYPES)}."
+    )
+
+
+@dataclass
+class ModelInfo:
+    """What a user sees when a model loads."""
+
+    name: str
+    kind: str  # "pixel", "latent" or "empirical"
+    image_shape: tuple[int, int, int]
+    sample_shape: tuple[int, int, int]
+    parameters: int
+    num_train_timesteps: int
+    prediction_type: str
+    training_set_size: int | None = None
+    fingerprint: str = ""
+    manifest: dict | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        c, h, w = self.image_shape
+        size = f"{self.training_set_size:,} training images" if self.training_set_size else "training set unknown"
+        space = "" if self.kind != "latent" else f", latent {tuple(self.sample_shape)}"
+        return (
+            f"{self.name}: {self.kind} model, {h}x{w}x{c}{space}, {self.parameters:,} parameters, "
+            f"{self.num_train_timesteps} timesteps, predicts {self.prediction_type}, {size}"
+        )
+
+
+class DiffusionModel(abc.ABC):
+    """A diffusion model seen as a noise predictor over a DDPM schedule.
+
+    Subclasses set ``alphas_cumprod`` (float64, length T), ``image_shape`` (C, H, W of the
+    [-1, 1] images it accepts), ``sample_shape`` (C, H, W in model space), ``name`` and
+    ``prediction_type``, and implement :meth:`_raw` (the network's own output). Pixel models
+    use the identity for :meth:`encode` and :meth:`decode`.
+    """
+
+    name: str = "model"
+    kind: str = "pixel"
+    prediction_type: str = "epsilon"
+    alphas_cumprod: torch.Tensor
+    image_shape: tuple[int, int, int]
+    sample_shape: tuple[int, int, int]
+    manifest: dict | None = None
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_latent(self) -> bool:
+        return self.kind == "latent"
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+    @abc.abstractmethod
+    def _raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network's prediction for model-space ``x`` at integer timesteps ``t`` (shape [N])."""
+
+    @property
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """Hash of weights and config, stable across processes; used as a cache key."""
+
+    def parameter_count(self) -> int:
+        return 0
+
+    def training_set_size(self) -> int | None:
+        if self.manifest and "member_ids" in self.manifest:
+            return len(self.manifest["member_ids"])
+        return None
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self.name,
+            kind=self.kind,
+            image_shape=tuple(self.image_shape),
+            sample_shape=tuple(self.sample_shape),
+            parameters=self.parameter_count(),
+            num_train_timesteps=self.num_train_timesteps,
+            prediction_type=self.prediction_type,
+            training_set_size=self.training_set_size(),
+            fingerprint=self.fingerprint,
+            manifest=self.manifest,
+        )
+
+    def timesteps(self, t: int | torch.Tensor, n: int) -> torch.Tensor:
+        """Validate timesteps and broadcast a single one to a batch of ``n``."""
+        t = torch.as_tensor(t)
+        if t.is_floating_point():
+            if not torch.equal(t, t.round()):
+                raise ModelError("Timesteps must be whole numbers.")
+        t = t.to(torch.long).reshape(-1)
+        if t.numel() == 1:
+            t = t.expand(n)
+        if t.numel() != n:
+            raise ModelError(f"Got {t.numel()} timesteps for {n} samples; give one, or one per sample.")
+        if n and (int(t.min()) < 0 or int(t.max()) >= self.num_train_timesteps):
+            raise ModelError(
+                f"Timestep out of range: this model has timesteps 0 to {self.num_train_timesteps - 1}."
+            )
+        return t
+
+    def abar(self, t: torch.Tensor) -> torch.Tensor:
+        """alphas_cumprod at integer timesteps, float64 on the CPU."""
+        return self.alphas_cumprod[t.to("cpu")]
+
+    def eps(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
+        """Noise prediction eps_theta(x, t) for a model-space batch ``x``; one t or one per sample."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.sample_shape):
+            raise ModelError(
+                f"{self.name} expects model-space samples of shape (N, {', '.join(map(str, self.sample_shape))}), "
+                f"got {tuple(x.shape)}. Load images with core.data, which converts them to the model's size."
+            )
+        t = self.timesteps(t, x.shape[0])
+        with torch.inference_mode():
+            out = self._raw(x.to(self.device), t.to(self.device))
+            eps = to_eps(out, x.to(self.device), self.abar(t), self.prediction_type)
+        if not torch.isfinite(eps).all():
+            raise ModelError(
+                f"{self.name} returned NaN or Inf for some inputs; its weights may be corrupt or "
+                "it may need a different precision or device."
+            )
+        return eps
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images (N, C, H, W) to model space; identity for pixel models."""
+        return images
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Model space back to [-1, 1] images; identity for pixel models."""
+        return z
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.info().describe()}>"

@@ -1,0 +1,43 @@
+"""Builders of tiny models for tests (diffusers' own tests use the same kind of dummy sizes)."""
+
+from pathlib import Path
+
+import torch
+
+
+def tiny_unet(channels: int = 3, size: int = 8, out_channels: int | None = None, seed: int = 0):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=size,
+        in_channels=channels,
+        out_channels=out_channels or channels,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    ).eval()
+
+
+def save_tiny_pixel_model(folder: Path, *, layout: str = "pipeline", prediction_type: str = "epsilon",
+                          scheduler: str = "ddpm", out_channels: int | None = None, **unet_kwargs) -> Path:
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    unet = tiny_unet(out_channels=out_channels, **unet_kwargs)
+    cls = DDPMScheduler if scheduler == "ddpm" else DDIMScheduler
+    sched = cls(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, prediction_type=prediction_type)
+    if layout == "pipeline":
+        unet.save_pretrained(folder / "unet")
+        sched.save_pretrained(folder / "scheduler")
+    else:
+        unet.save_pretrained(folder)
+        sched.save_pretrained(folder)
+    return folder
+
+
+def ddpm_abar(steps: int = 1000, start: float = 1e-4, end: float = 0.02) -> torch.Tensor:
+    """The linear-beta DDPM schedule written out directly, independent of diffusers."""
+    betas = torch.linspace(start, end, steps, dtype=torch.float64)
+    return torch.cumprod(1 - betas, 0)
