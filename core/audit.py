@@ -20,6 +20,7 @@ import torch
 
 from core import metrics
 from core.attacks.base import Attack
+from core.cache import ScoreCache
 from core.errors import DataError, SimaError
 from core.hashing import row_digests
 from core.models.base import DiffusionModel
@@ -299,11 +300,17 @@ def run_audit(
     batch_size: int | None = None,
     n_bootstrap: int = 1000,
     progress: Progress | None = None,
+    cache: ScoreCache | None = None,
 ) -> AuditResult:
-    """Audit one attack on one model: members and non-members are [-1, 1] image batches."""
-    from core.attacks import get_attack
+    """Audit one attack on one model: members and non-members are [-1, 1] image batches.
 
-    attack = get_attack(attack) if isinstance(attack, str) else attack
+    With a ``cache``, statistics computed before (by any audit, score or app session on the
+    same model, images, attack and seed) are reused and new ones are stored as they finish.
+    """
+    if isinstance(attack, str):
+        from core.attacks import get_attack
+
+        attack = get_attack(attack)
     if select not in SELECTIONS:
         raise SimaError(f"select must be one of {', '.join(SELECTIONS)}, got {select!r}.")
     timesteps = sorted({int(t) for t in timesteps})
@@ -320,7 +327,7 @@ def run_audit(
         raise DataError(f"Got {len(ids)} ids for {n_m + n_n} images.")
     start = time.perf_counter()
     keys = row_digests(images)
-    stats = attack.sweep(model, encode_batched(model, images), timesteps, seed=seed, keys=keys, batch_size=batch_size, progress=progress)
+    stats = attack.sweep(model, encode_batched(model, images), timesteps, seed=seed, keys=keys, batch_size=batch_size, progress=progress, cache=cache)
     wall = time.perf_counter() - start
     labels = np.concatenate([np.ones(n_m, dtype=np.int64), np.zeros(n_n, dtype=np.int64)])
     return _assemble(

@@ -67,6 +67,12 @@ def _model(args):
     return load_model(args.model, allow_pickle=args.allow_pickle, device=args.device)
 
 
+def _cache(args):
+    from core.cache import ScoreCache
+
+    return None if args.no_cache else ScoreCache(args.cache_dir)
+
+
 def _fmt(estimate: dict) -> str:
     if estimate["value"] is None:
         return "n/a"
@@ -106,7 +112,7 @@ def cmd_audit(args) -> int:
             results.append(run_audit(
                 model, members, nonmembers, attack=attack, timesteps=timesteps, select=args.select,
                 seed=args.seed, member_ids=member_ids, nonmember_ids=nonmember_ids,
-                batch_size=args.batch_size, n_bootstrap=args.bootstrap, progress=update,
+                batch_size=args.batch_size, n_bootstrap=args.bootstrap, progress=update, cache=_cache(args),
             ))
         finally:
             close()
@@ -136,7 +142,8 @@ def cmd_score(args) -> int:
     images, ids = load_files(args.images, model, problems)
     reference = load_set(args.reference, model, "heldout")[0] if args.reference else None
     records = score_images(
-        model, images, ids, attack=get_attack(args.attack), t=args.t, reference=reference, fpr=args.fpr, seed=args.seed
+        model, images, ids, attack=get_attack(args.attack), t=args.t, reference=reference, fpr=args.fpr, seed=args.seed,
+        cache=_cache(args),
     )
     if args.json:
         print(json.dumps([r.to_dict() for r in records], indent=2))
@@ -159,6 +166,27 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from core.cache import ScoreCache
+
+    cache = ScoreCache(args.cache_dir)
+    if args.action == "clear":
+        print(f"Removed {cache.clear():,} cached statistics from {cache.path}")
+    else:
+        print(cache.info().describe())
+    return 0
+
+
+def cmd_explore(args) -> int:
+    import subprocess
+
+    app = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
+    if not app.is_file():
+        raise SimaError(f"The explorer app is missing ({app}); reinstall sima-explorer from its source folder.")
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)]
+    return subprocess.call(command, cwd=app.parents[1])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sima", description="Membership inference on diffusion models (SimA and baselines).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--allow-pickle", action="store_true", help="allow pickle-based .bin weights (only from a source you trust)")
         p.add_argument("--json", action="store_true", help="print JSON to stdout")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--no-cache", action="store_true", help="recompute everything; neither read nor write the score cache")
+        p.add_argument("--cache-dir", help="score cache folder (default $SIMA_CACHE_DIR or ~/.cache/sima-explorer)")
 
     audit = sub.add_parser("audit", help="score members and non-members, choose t on one half, report on the other")
     common(audit)
@@ -197,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="output folder (default: from the config)")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(func=cmd_train)
+    cache = sub.add_parser("cache", help="show or clear the score cache")
+    cache.add_argument("action", choices=["info", "clear"])
+    cache.add_argument("--cache-dir", help="score cache folder (default $SIMA_CACHE_DIR or ~/.cache/sima-explorer)")
+    cache.set_defaults(func=cmd_cache)
+
+    explore = sub.add_parser("explore", help="open the explorer app in the browser")
+    explore.add_argument("--port", type=int, default=8501)
+    explore.set_defaults(func=cmd_explore)
     return parser
 
 

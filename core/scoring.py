@@ -10,6 +10,7 @@ import torch
 from core import metrics
 from core.attacks.base import Attack
 from core.audit import encode_batched
+from core.cache import ScoreCache
 from core.errors import DataError
 from core.hashing import row_digests
 from core.models.base import DiffusionModel
@@ -31,11 +32,16 @@ class ScoreRecord:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-def statistics_at(model: DiffusionModel, images: torch.Tensor, attack: Attack, t: int, *, seed: int = 0, batch_size: int | None = None) -> torch.Tensor:
+def statistics_at(
+    model: DiffusionModel, images: torch.Tensor, attack: Attack, t: int, *, seed: int = 0,
+    batch_size: int | None = None, cache: ScoreCache | None = None,
+) -> torch.Tensor:
     """The attack's raw statistic for [-1, 1] images at one timestep (keyed noise, as in audits)."""
     if len(images) == 0:
         raise DataError("No images to score.")
-    return attack.sweep(model, encode_batched(model, images), [t], seed=seed, keys=row_digests(images), batch_size=batch_size)[:, 0]
+    return attack.sweep(
+        model, encode_batched(model, images), [t], seed=seed, keys=row_digests(images), batch_size=batch_size, cache=cache
+    )[:, 0]
 
 
 def score_images(
@@ -49,14 +55,15 @@ def score_images(
     fpr: float = 0.01,
     seed: int = 0,
     batch_size: int | None = None,
+    cache: ScoreCache | None = None,
 ) -> list[ScoreRecord]:
     """Score images; with ``reference`` (known non-members) add p-values and verdicts at ``fpr``."""
-    stats = statistics_at(model, images, attack, t, seed=seed, batch_size=batch_size).numpy()
+    stats = statistics_at(model, images, attack, t, seed=seed, batch_size=batch_size, cache=cache).numpy()
     scores = metrics.membership_scores(stats, attack.member_when)
     records = [ScoreRecord(str(i), int(t), float(s), float(m)) for i, s, m in zip(ids, stats, scores)]
     if reference is None:
         return records
-    ref_stats = statistics_at(model, reference, attack, t, seed=seed, batch_size=batch_size).numpy()
+    ref_stats = statistics_at(model, reference, attack, t, seed=seed, batch_size=batch_size, cache=cache).numpy()
     ref_scores = metrics.membership_scores(ref_stats, attack.member_when)
     for record in records:
         v = metrics.verdict(record.membership_score, ref_scores, fpr)

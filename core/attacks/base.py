@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import inspect
-from typing import Callable, Literal, Sequence
+from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 import torch
 
@@ -22,12 +22,10 @@ from core.errors import DataError, SimaError
 from core.hashing import row_digests, seed_for
 from core.models.base import DiffusionModel
 
+if TYPE_CHECKING:
+    from core.cache import ScoreCache
+
 MemberWhen = Literal["lower", "higher"]
-
-#: Forward passes per compute batch in a sweep when the caller does not choose. Measured on
-#: 2 CPU cores with a 1.1M-parameter UNet: batch 32 ran fastest (see benchmarks/speed.py).
-DEFAULT_BATCH_SIZE = 32
-
 
 def keyed_noise(keys: Sequence[str], t: torch.Tensor, draws: int, shape: Sequence[int], seed: int) -> torch.Tensor:
     """Standard normal noise (N, draws, *shape), each row fixed by (seed, key, t) alone."""
@@ -36,6 +34,13 @@ def keyed_noise(keys: Sequence[str], t: torch.Tensor, draws: int, shape: Sequenc
         g = torch.Generator().manual_seed(seed_for((seed, key, int(step))))
         out[i] = torch.randn(draws, *shape, generator=g)
     return out
+
+
+def noised(model: DiffusionModel, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_t(eps) = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps for noise (N, ...) or (N, K, ...)."""
+    a = model.abar(t).to(dtype=x0.dtype, device=x0.device).view(-1, *([1] * (noise.dim() - 1)))
+    x0 = x0 if noise.dim() == x0.dim() else x0.unsqueeze(1)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
 class Attack(abc.ABC):
@@ -112,40 +117,61 @@ class Attack(abc.ABC):
         keys: Sequence[str] | None = None,
         batch_size: int | None = None,
         progress: Callable[[int, int], None] | None = None,
+        cache: "ScoreCache | None" = None,
     ) -> torch.Tensor:
         """Statistics for every sample at every timestep: a float64 tensor (N, len(timesteps)).
 
         (sample, timestep) pairs are packed into mixed batches of about ``batch_size`` model
-        evaluations so the model always sees full batches. ``keys`` identify samples for the
-        noise (default: content digests of ``x0``). ``progress(done, total)`` is called after
-        each batch with counts of pairs.
+        evaluations (default: the size measured fastest for this model) so the model always
+        sees full batches. ``keys`` identify samples for the noise and the cache (default:
+        content digests of ``x0``). With a ``cache``, cached pairs are not recomputed and each
+        finished batch is stored at once, so an interrupted sweep resumes where it stopped.
+        ``progress(done, total)`` is called after each batch with counts of pairs.
         """
+        from core.batching import best_batch_size
+        from core.cache import ANY_T, attack_key
+
         n, steps = x0.shape[0], [int(s) for s in timesteps]
         if not steps:
             raise DataError("Give at least one timestep.")
         model.timesteps(torch.tensor(steps), len(steps))
         if n == 0:
             return torch.empty(0, len(steps), dtype=torch.float64)
-        if self.noise_draws and keys is None:
+        if keys is None and (self.noise_draws or cache is not None):
             keys = row_digests(x0)
         if keys is not None and len(keys) != n:
             raise DataError(f"Got {len(keys)} keys for {n} samples.")
         # An attack that ignores t is computed once and copied across the grid.
         grid = steps if self.uses_timestep else steps[:1]
-        sample_idx = torch.arange(n).repeat_interleave(len(grid))
-        step_of_pair = torch.tensor(grid).repeat(n)
+        stored_t = grid if self.uses_timestep else [ANY_T]
+        out = torch.zeros(n, len(grid), dtype=torch.float64)
+        todo = torch.ones(n, len(grid), dtype=torch.bool)
+        if cache is not None:
+            cache_model, cache_attack = model.fingerprint, attack_key(self, seed, str(model.device))
+            found = cache.get(cache_model, cache_attack, keys, stored_t)
+            for i, key in enumerate(keys):
+                for j, t in enumerate(stored_t):
+                    if (key, t) in found:
+                        out[i, j] = found[(key, t)]
+                        todo[i, j] = False
+        sample_idx, col_idx = todo.nonzero(as_tuple=True)
+        total, done = out.numel(), out.numel() - len(sample_idx)
+        if progress is not None:
+            progress(done, total)
         cost = max(1, max(self.queries_per_sample(s) for s in grid))
-        per_batch = max(1, (batch_size or DEFAULT_BATCH_SIZE) // cost)
-        out = torch.empty(n * len(grid), dtype=torch.float64)
-        total = out.numel()
-        for start in range(0, total, per_batch):
-            idx = sample_idx[start:start + per_batch]
-            t = step_of_pair[start:start + per_batch]
+        per_batch = max(1, (batch_size or best_batch_size(model)) // cost)
+        grid_t = torch.tensor(grid)
+        for start in range(0, len(sample_idx), per_batch):
+            idx, col = sample_idx[start:start + per_batch], col_idx[start:start + per_batch]
+            t = grid_t[col]
             noise = None
             if self.noise_draws:
                 noise = keyed_noise([keys[i] for i in idx.tolist()], t, self.noise_draws, x0.shape[1:], seed)
-            out[start:start + len(idx)] = self.statistic(model, x0[idx], t, noise=noise)
+            values = self.statistic(model, x0[idx], t, noise=noise)
+            out[idx, col] = values
+            if cache is not None:
+                cache.put(cache_model, cache_attack, ((keys[i], stored_t[j], v) for i, j, v in zip(idx.tolist(), col.tolist(), values.tolist())))
+            done += len(idx)
             if progress is not None:
-                progress(min(start + per_batch, total), total)
-        out = out.view(n, len(grid))
+                progress(done, total)
         return out if self.uses_timestep else out.expand(n, len(steps)).clone()

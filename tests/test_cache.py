@@ -1,0 +1,119 @@
+"""The score cache: a second audit performs no forward pass; interrupted sweeps resume."""
+
+import threading
+
+import pytest
+import torch
+
+import core
+from core.attacks import SimA, SimAMC
+from core.audit import run_audit
+from core.batching import best_batch_size, measure
+from core.cache import ScoreCache
+
+
+class Counter:
+    """Wraps a model's network call to count the samples it evaluates."""
+
+    def __init__(self, model):
+        self.samples = 0
+        self._raw = model._raw
+        model._raw = self
+
+    def __call__(self, x, t):
+        self.samples += x.shape[0]
+        return self._raw(x, t)
+
+
+@pytest.fixture
+def model(tiny_model_dir):
+    return core.load_model(tiny_model_dir)
+
+
+def _sets(n=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 8, 8, generator=g) * 2 - 1, torch.rand(n, 3, 8, 8, generator=g) * 2 - 1
+
+
+def test_second_audit_performs_no_forward_pass(model, tmp_path):
+    members, nonmembers = _sets()
+    cache = ScoreCache(tmp_path)
+    first = run_audit(model, members, nonmembers, timesteps=[0, 20, 40], n_bootstrap=20, cache=cache, batch_size=8)
+    counter = Counter(model)
+    again = run_audit(model, members, nonmembers, timesteps=[0, 20, 40], n_bootstrap=20, cache=ScoreCache(tmp_path), batch_size=8)
+    assert counter.samples == 0
+    assert (again.statistics == first.statistics).all()
+    # a grid that adds one timestep computes only the new column
+    run_audit(model, members, nonmembers, timesteps=[0, 20, 40, 60], n_bootstrap=20, cache=cache, batch_size=8)
+    assert counter.samples == 20
+    assert cache.info().entries == 80
+
+
+def test_interrupted_sweep_resumes_where_it_stopped(model, tmp_path):
+    x0 = _sets(12)[0]
+    cache = ScoreCache(tmp_path)
+    calls = []
+
+    def stop_after_two_batches(done, total):
+        calls.append(done)
+        if len(calls) == 3:  # the first call reports the cached count before any batch
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        SimA().sweep(model, x0, [10, 30], batch_size=5, cache=cache, progress=stop_after_two_batches)
+    assert cache.info().entries == 10
+    counter = Counter(model)
+    resumed = SimA().sweep(model, x0, [10, 30], batch_size=5, cache=cache)
+    assert counter.samples == 24 - 10
+    torch.testing.assert_close(resumed, SimA().sweep(model, x0, [10, 30], batch_size=5), rtol=1e-6, atol=1e-9)
+
+
+def test_keys_separate_attack_settings_and_seeds(model, tmp_path):
+    x0 = _sets(4)[0]
+    cache = ScoreCache(tmp_path)
+    a = SimAMC(k=2).sweep(model, x0, [50], seed=1, cache=cache)
+    b = SimAMC(k=2).sweep(model, x0, [50], seed=2, cache=cache)
+    c = SimAMC(k=3).sweep(model, x0, [50], seed=1, cache=cache)
+    assert not torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(SimAMC(k=2).sweep(model, x0, [50], seed=1, cache=cache), a)
+    assert cache.info().entries == 12
+
+
+def test_info_and_clear(tmp_path):
+    cache = ScoreCache(tmp_path / "c")
+    assert cache.info().entries == 0
+    cache.put("m", "a", [("s1", 1, 0.5), ("s2", 1, 0.25)])
+    assert cache.get("m", "a", ["s1", "s2", "s3"], [1]) == {("s1", 1): 0.5, ("s2", 1): 0.25}
+    assert "2 cached statistics" in cache.info().describe()
+    assert cache.clear() == 2 and cache.info().entries == 0
+
+
+def test_concurrent_sessions_get_what_each_would_get_alone(model, tmp_path):
+    """Eight threads share one model and one cache file; each result equals a solo run."""
+    sets = [_sets(6, seed=i)[0] for i in range(8)]
+    alone = [SimA().sweep(model, x, [5, 25], batch_size=4) for x in sets]
+    cache = ScoreCache(tmp_path)
+    results, errors = [None] * 8, []
+
+    def work(i):
+        try:
+            results[i] = SimA().sweep(model, sets[i], [5, 25], batch_size=4, cache=cache)
+        except Exception as exc:  # surfaced below; a thread would swallow it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    for got, want in zip(results, alone):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_batch_size_calibration_is_measured_once(model):
+    rates = measure(model, candidates=(2, 4), repeats=1)
+    assert set(rates) == {2, 4} and all(r > 0 for r in rates.values())
+    size = best_batch_size(model)
+    counter = Counter(model)
+    assert best_batch_size(model) == size and counter.samples == 0
