@@ -49,16 +49,19 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def single_query_times(repeats: int) -> list[float]:
+def single_query_times(repeats: int) -> tuple[list[float], list[float]]:
+    """Wall-clock and process CPU seconds per run. CPU time shows whether a slow wall time
+    came from other processes sharing the cores."""
     g = torch.Generator().manual_seed(0)
     reference, query = _uniform(REFERENCES, g), _uniform(1, g)
     local_mean(query, reference, ABAR)  # warm-up: first-call allocations and thread start-up
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         local_mean(query, reference, ABAR)
-        times.append(time.perf_counter() - start)
-    return times
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def batch_run() -> dict:
@@ -82,7 +85,7 @@ def _batch_in_child(threads: int) -> dict | None:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 timed runs instead of 9")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2, the target machine)")
@@ -91,8 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     if args.child:
         print(json.dumps(batch_run()))
-        return {}
-    times = single_query_times(3 if args.quick else 9)
+        return
+    load_before = os.getloadavg()[0]
+    times, cpu_times = single_query_times(3 if args.quick else 9)
     batch = _batch_in_child(args.threads)
     median = statistics.median(times)
     result = {
@@ -102,13 +106,20 @@ def main(argv: list[str] | None = None) -> dict:
             "torch": torch.__version__,
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "load_average_1min_before": load_before,
         },
         "quick": args.quick,
         "shape": list(SHAPE),
         "references": REFERENCES,
         "abar": ABAR,
         "memory_budget_mib": MEMORY_BUDGET_BYTES / 2**20,
-        "single_query": {"median_s": median, "runs_s": times, "target_s": TARGET_S, "meets_target": median < TARGET_S},
+        "single_query": {
+            "median_s": median,
+            "runs_s": times,
+            "cpu_s": cpu_times,
+            "target_s": TARGET_S,
+            "meets_target": median < TARGET_S,
+        },
         "batch": None if batch is None else {"queries": BATCH, **batch},
     }
     OUT.parent.mkdir(parents=True, exist_ok=True)
@@ -119,9 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"| local mean, 1 query x {REFERENCES:,} refs {SHAPE[1]}x{SHAPE[2]}x{SHAPE[0]} "
         f"| median {median:.3f} s over {len(times)} runs (target < {TARGET_S:.0f} s) | {batch_text} "
-        f"| {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, torch {torch.__version__} |"
+        f"| {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, load {load_before:.1f}, torch {torch.__version__} |"
     )
-    return result
 
 
 if __name__ == "__main__":

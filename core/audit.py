@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -286,10 +286,30 @@ def encode_batched(model: DiffusionModel, images: torch.Tensor, batch_size: int 
         return torch.cat([model.encode(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
+#: Images swept together when a set is streamed: enough (sample, t) pairs to fill any batch,
+#: few enough that memory stays flat however large the set is.
+CHUNK_IMAGES = 512
+
+ImageSet = Union[torch.Tensor, Iterable[tuple[torch.Tensor, Sequence[str]]]]
+
+
+def _chunks(images: ImageSet, ids: Sequence[str] | None, prefix: str) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """(images, ids) batches from a tensor (sliced) or from a stream of batches (as given)."""
+    if isinstance(images, torch.Tensor):
+        ids = list(ids) if ids is not None else [f"{prefix}-{i}" for i in range(len(images))]
+        if len(ids) != len(images):
+            raise DataError(f"Got {len(ids)} ids for {len(images)} {prefix} images.")
+        for start in range(0, len(images), CHUNK_IMAGES):
+            yield images[start:start + CHUNK_IMAGES], ids[start:start + CHUNK_IMAGES]
+    else:
+        for batch, batch_ids in images:
+            yield batch, list(batch_ids)
+
+
 def run_audit(
     model: DiffusionModel,
-    members: torch.Tensor,
-    nonmembers: torch.Tensor,
+    members: ImageSet,
+    nonmembers: ImageSet,
     *,
     attack: Attack | str = "sima",
     timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
@@ -302,10 +322,13 @@ def run_audit(
     progress: Progress | None = None,
     cache: ScoreCache | None = None,
 ) -> AuditResult:
-    """Audit one attack on one model: members and non-members are [-1, 1] image batches.
+    """Audit one attack on one model.
 
-    With a ``cache``, statistics computed before (by any audit, score or app session on the
-    same model, images, attack and seed) are reused and new ones are stored as they finish.
+    ``members`` and ``nonmembers`` are [-1, 1] image tensors (ids optional), or streams of
+    ``(images, ids)`` batches (e.g. from ``core.data.iter_images``) so that a set of any size
+    is swept holding one batch of images in memory. With a ``cache``, statistics computed
+    before (by any audit, score or app session on the same model, images, attack and seed)
+    are reused and new ones are stored as they finish.
     """
     if isinstance(attack, str):
         from core.attacks import get_attack
@@ -314,24 +337,40 @@ def run_audit(
     if select not in SELECTIONS:
         raise SimaError(f"select must be one of {', '.join(SELECTIONS)}, got {select!r}.")
     timesteps = sorted({int(t) for t in timesteps})
-    n_m, n_n = len(members), len(nonmembers)
-    selection_half = split_halves(n_m, n_n, seed)
-    images = torch.cat([members, nonmembers])
-    if tuple(images.shape[1:]) != tuple(model.image_shape):
-        raise DataError(
-            f"The images are {tuple(images.shape[1:])} but {model.name} takes {tuple(model.image_shape)}; "
-            "load them with core.data so they are converted to the model's size."
-        )
-    ids = list(member_ids or [f"member-{i}" for i in range(n_m)]) + list(nonmember_ids or [f"nonmember-{i}" for i in range(n_n)])
-    if len(ids) != n_m + n_n:
-        raise DataError(f"Got {len(ids)} ids for {n_m + n_n} images.")
+    known = sum(len(s) for s in (members, nonmembers) if isinstance(s, torch.Tensor))
+    streamed = not all(isinstance(s, torch.Tensor) for s in (members, nonmembers))
     start = time.perf_counter()
-    keys = row_digests(images)
-    stats = attack.sweep(model, encode_batched(model, images), timesteps, seed=seed, keys=keys, batch_size=batch_size, progress=progress, cache=cache)
+    parts: list[torch.Tensor] = []
+    ids: list[str] = []
+    counts = []
+    done_pairs = 0
+    for images, given, prefix in ((members, member_ids, "member"), (nonmembers, nonmember_ids, "nonmember")):
+        count = 0
+        for batch, batch_ids in _chunks(images, given, prefix):
+            if tuple(batch.shape[1:]) != tuple(model.image_shape):
+                raise DataError(
+                    f"The images are {tuple(batch.shape[1:])} but {model.name} takes {tuple(model.image_shape)}; "
+                    "load them with core.data so they are converted to the model's size."
+                )
+            def chunk_progress(done: int, total: int, offset: int = done_pairs) -> None:
+                # A stream's length is unknown until it ends; show what is known so far.
+                if progress is not None:
+                    progress(offset + done, offset + total if streamed else known * len(timesteps))
+
+            parts.append(attack.sweep(
+                model, encode_batched(model, batch), timesteps, seed=seed, keys=row_digests(batch),
+                batch_size=batch_size, progress=chunk_progress, cache=cache,
+            ))
+            ids += batch_ids
+            count += len(batch_ids)
+            done_pairs += len(batch_ids) * len(timesteps)
+        counts.append(count)
     wall = time.perf_counter() - start
+    n_m, n_n = counts
+    selection_half = split_halves(n_m, n_n, seed)
     labels = np.concatenate([np.ones(n_m, dtype=np.int64), np.zeros(n_n, dtype=np.int64)])
     return _assemble(
-        statistics=stats.numpy(),
+        statistics=torch.cat(parts).numpy() if parts else np.empty((0, len(timesteps))),
         labels=labels,
         selection_half=selection_half,
         ids=ids,

@@ -47,6 +47,27 @@ def load_set(spec: str, model, which: str):
     return load_files([spec], model)
 
 
+def stream_set(spec: str, model, which: str):
+    """Like load_set, but a file source is read one chunk at a time (memory stays flat)."""
+    if spec == "demo":
+        yield load_set(spec, model, which)
+        return
+    from core.audit import CHUNK_IMAGES
+    from core.data import iter_images
+    from core.errors import ImageError
+
+    c, h, w = model.image_shape
+    count = 0
+    for batch in iter_images(spec, channels=c, size=(h, w), batch_files=CHUNK_IMAGES):
+        for problem in batch.errors:
+            _warn(f"skipped {problem.source}: {problem.message}")
+        count += len(batch)
+        if len(batch):
+            yield batch.images, batch.ids
+    if count == 0:
+        raise ImageError(f"No images could be loaded from {spec}; give a folder, zip or npz of images.")
+
+
 def load_files(sources: Sequence[str], model, problems: list | None = None):
     """Load images for ``model``; bad files are reported on stderr (and collected) and skipped."""
     from core.data import load_images
@@ -103,16 +124,13 @@ def cmd_audit(args) -> int:
     attacks = parse_attacks(args.attack)
     timesteps = parse_timesteps(args.timesteps)
     model = _model(args)
-    members, member_ids = load_set(args.members, model, "members")
-    nonmembers, nonmember_ids = load_set(args.nonmembers, model, "heldout")
     results = []
     for attack in attacks:
         update, close = _progress(f"{attack.name} sweep", args.quiet)
         try:
             results.append(run_audit(
-                model, members, nonmembers, attack=attack, timesteps=timesteps, select=args.select,
-                seed=args.seed, member_ids=member_ids, nonmember_ids=nonmember_ids,
-                batch_size=args.batch_size, n_bootstrap=args.bootstrap, progress=update, cache=_cache(args),
+                model, stream_set(args.members, model, "members"), stream_set(args.nonmembers, model, "heldout"),
+                attack=attack, timesteps=timesteps, select=args.select, seed=args.seed, batch_size=args.batch_size, n_bootstrap=args.bootstrap, progress=update, cache=_cache(args),
             ))
         finally:
             close()

@@ -19,7 +19,7 @@ import zipfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Callable, Iterable, Sequence, Union
+from typing import IO, Any, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ MAX_ARCHIVE_MEMBERS = 100_000
 
 REDUCING_GAP = 3.0
 """Pillow's reducing_gap: box-reduce first, keep >= 3x the target, then LANCZOS."""
+
+_SLACK = 1e-3
+"""Float pixels may stray this far past their range (rounding) before it is misread."""
 
 LUMA = (0.299, 0.587, 0.114)
 """ITU-R 601 luminance weights, the ones Pillow uses for RGB -> L."""
@@ -78,7 +81,7 @@ LANCZOS (reducing_gap={REDUCING_GAP}) in 32-bit float, then clip to [0, 1].
 8. Values: pixel p in [0, 1] becomes 2p - 1 in [-1, 1]; a float32 tensor (C, H, W).
 Arrays (.npz: the array named "x", else the first; or in-memory arrays): uint8 is divided by 255, \
 uint16 by 65535; floats are taken as [0, 1] when no value is negative and as [-1, 1] otherwise, \
-decided once per array (other ranges are refused). Shapes: (H, W); (N, H, W) greyscale; \
+decided once per array and noted (other ranges are refused; a rounding slack of {_SLACK:g} is allowed). Shapes: (H, W); (N, H, W) greyscale; \
 (H, W, C), (N, H, W, C) or (N, C, H, W) with C = 1, 3 or 4 (4 = RGBA). Steps 5-8 then apply.
 """
 
@@ -117,7 +120,8 @@ class LoadedImages:
             return
         if not self.errors:
             raise ImageError(
-                "No images were found; give a folder of image files, a .zip, a .npz or image uploads."
+                "No images were found; give a folder of image files, a .zip, a .npz "
+                "or image uploads."
             )
         shown = "; ".join(problem.message for problem in self.errors[:3])
         more = f" (and {len(self.errors) - 3} more)" if len(self.errors) > 3 else ""
@@ -271,9 +275,9 @@ def _float_band(image: Image.Image, name: str) -> tuple[list[Image.Image], float
     if not np.isfinite(values).all():
         raise ImageError(f"{name}: has NaN or infinite pixel values; fix or re-export the image.")
     low, high = float(values.min()), float(values.max())
-    if low >= 0 and high <= 1:
+    if low >= -_SLACK and high <= 1 + _SLACK:
         return [image], 1.0, []
-    if low >= 0 and high <= 255:
+    if low >= -_SLACK and high <= 255 + _SLACK:
         return [image], 255.0, ["32-bit float values in [0, 255] divided by 255"]
     raise ImageError(
         f"{name}: 32-bit float pixels span [{low:g}, {high:g}], neither [0, 1] nor [0, 255]; "
@@ -296,7 +300,7 @@ def _to_grey_or_rgb(image: Image.Image, name: str) -> tuple[Image.Image, list[st
     elif mode in ("La", "RGBa"):
         image = image.convert(mode[:-1] + "A")  # undo premultiplication before compositing
     elif mode in ("L", "RGB") and "transparency" in image.info:
-        image = image.convert(mode + "A" if mode == "RGB" else "LA")
+        image = image.convert(mode + "A")
     elif mode not in ("L", "LA", "RGB", "RGBA"):
         try:
             image = image.convert("RGB")
@@ -405,12 +409,13 @@ def images_from_array(
     """
     c, h, w = _target(channels, size)
     batch = _as_nhwc(np.asarray(array), ids_prefix)
-    to_unit = _unit_rule(batch, ids_prefix)
+    to_unit, rule_notes = _unit_rule(batch, ids_prefix)
     tensors, ids, notes, errors = [], [], [], []
     for index, image in enumerate(batch):
         image_id = f"{ids_prefix}[{index}]"
+        image_notes = list(rule_notes)
         try:
-            tensor, image_notes = _array_image(to_unit(image), image_id, c, h, w)
+            tensor = _array_image(to_unit(image), image_id, c, h, w, image_notes)
         except ImageError as error:
             errors.append(ImageProblem(image_id, str(error)))
             continue
@@ -440,12 +445,14 @@ def _as_nhwc(array: np.ndarray, name: str) -> np.ndarray:
     return batch
 
 
-def _unit_rule(batch: np.ndarray, name: str) -> Callable[[np.ndarray], np.ndarray]:
+def _unit_rule(
+    batch: np.ndarray, name: str
+) -> tuple[Callable[[np.ndarray], np.ndarray], list[str]]:
     """How to map this array's values to [0, 1], decided once for the whole array."""
     if batch.dtype == np.uint8:
-        return lambda image: image.astype(np.float32) / np.float32(255)
+        return lambda image: image.astype(np.float32) / np.float32(255), []
     if batch.dtype == np.uint16:
-        return lambda image: image.astype(np.float32) / np.float32(65535)
+        return lambda image: image.astype(np.float32) / np.float32(65535), []
     if not np.issubdtype(batch.dtype, np.floating):
         raise ImageError(
             f"{name}: arrays of dtype {batch.dtype} are not supported; use uint8 (0..255), "
@@ -454,27 +461,29 @@ def _unit_rule(batch: np.ndarray, name: str) -> Callable[[np.ndarray], np.ndarra
     finite = batch[np.isfinite(batch)]
     low = float(finite.min()) if finite.size else 0.0
     high = float(finite.max()) if finite.size else 0.0
-    if low >= 0 and high <= 1:
-        return lambda image: image.astype(np.float32)
-    if low >= -1 and high <= 1:
-        return lambda image: (image.astype(np.float32) + np.float32(1)) / np.float32(2)
+    if high <= 1 + _SLACK and low >= -_SLACK:
+        return lambda image: image.astype(np.float32), ["float values read as [0, 1]"]
+    if high <= 1 + _SLACK and low >= -1 - _SLACK:
+        shift = lambda image: (image.astype(np.float32) + np.float32(1)) / np.float32(2)  # noqa: E731
+        return shift, ["float values read as [-1, 1]"]
     raise ImageError(
         f"{name}: float values span [{low:g}, {high:g}]; rescale them to [0, 1] or [-1, 1] "
         "(or give uint8 pixels)."
     )
 
 
-def _array_image(unit: np.ndarray, image_id: str, c: int, h: int, w: int):
+def _array_image(
+    unit: np.ndarray, image_id: str, c: int, h: int, w: int, notes: list[str]
+) -> torch.Tensor:
     if not np.isfinite(unit).all():
         raise ImageError(f"{image_id}: has NaN or infinite values; fix the array.")
-    notes: list[str] = []
     if unit.shape[-1] == 4:
-        alpha = unit[..., -1:]
+        alpha = np.clip(unit[..., -1:], 0.0, 1.0)
         if (alpha < 1).any():
             notes.append("transparent pixels composited on a white background")
         unit = unit[..., :-1] * alpha + (1.0 - alpha)
     bands = [Image.fromarray(np.ascontiguousarray(unit[..., k])) for k in range(unit.shape[-1])]
-    return _finish(bands, 1.0, c, h, w, notes), notes
+    return _finish(bands, 1.0, c, h, w, notes)
 
 
 def _stack(tensors: list[torch.Tensor], c: int, h: int, w: int) -> torch.Tensor:
@@ -513,23 +522,59 @@ def load_images(
     single path given as ``sources`` does not exist.
     """
     c, h, w = _target(channels, size)
+    batches = list(iter_images(
+        sources, channels=channels, size=size, max_pixels=max_pixels, max_files=max_files,
+        max_archive_bytes=max_archive_bytes, progress=progress,
+    ))
+    return LoadedImages(
+        images=torch.cat([b.images for b in batches]) if batches else _stack([], c, h, w),
+        ids=[i for b in batches for i in b.ids],
+        notes=[n for b in batches for n in b.notes],
+        errors=[e for b in batches for e in b.errors],
+        skipped=sum(b.skipped for b in batches),
+    )
+
+
+def iter_images(
+    sources: Any,
+    *,
+    channels: int,
+    size: Size,
+    batch_files: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    max_files: int | None = None,
+    max_archive_bytes: int = MAX_ARCHIVE_BYTES,
+    progress: Progress | None = None,
+) -> Iterator[LoadedImages]:
+    """``load_images`` one batch of ``batch_files`` files at a time, so memory holds one batch.
+
+    Listing problems (a missing path in a list, an unusable archive) come with the first
+    batch; each batch carries the errors of its own files. An .npz counts as one file and is
+    read whole. ``batch_files=None`` reads everything as one batch.
+    """
+    c, h, w = _target(channels, size)
     if isinstance(sources, (str, os.PathLike)) and not Path(sources).exists():
         raise ImageError(
             f"{sources}: the path does not exist; give a folder, a .zip, a .npz or an image file."
         )
-    result = LoadedImages(_stack([], c, h, w), [], [], [])
-    tensors: list[torch.Tensor] = []
     with contextlib.ExitStack() as stack:
-        items = _expand_all(_as_list(sources), stack, max_archive_bytes, result.errors)
+        errors: list[ImageProblem] = []
+        items = _expand_all(_as_list(sources), stack, max_archive_bytes, errors)
+        skipped = 0
         if max_files is not None and len(items) > max_files:
-            result.skipped = len(items) - max_files
+            skipped = len(items) - max_files
             items = items[:max_files]
-        for done, item in enumerate(items, start=1):
-            _load_item(item, (c, h, w), max_pixels, max_archive_bytes, result, tensors)
-            if progress is not None:
-                progress(done, len(items))
-    result.images = _stack(tensors, c, h, w)
-    return result
+        step = batch_files or max(1, len(items))
+        seen: set[str] = set()  # ids must be unique across batches, not only within one
+        for start in range(0, max(1, len(items)), step):
+            result = LoadedImages(_stack([], c, h, w), [], [], errors if start == 0 else [], skipped if start == 0 else 0)
+            tensors: list[torch.Tensor] = []
+            for done, item in enumerate(items[start:start + step], start=start + 1):
+                _load_item(item, (c, h, w), max_pixels, max_archive_bytes, result, tensors, seen)
+                if progress is not None:
+                    progress(done, len(items))
+            result.images = _stack(tensors, c, h, w)
+            yield result
 
 
 def _as_list(sources: Any) -> list[Any]:
@@ -653,6 +698,7 @@ def _load_item(
     max_bytes: int,
     result: LoadedImages,
     tensors: list[torch.Tensor],
+    seen: set[str],
 ) -> None:
     c, h, w = target
     try:
@@ -678,7 +724,7 @@ def _load_item(
         result.errors.append(ImageProblem(item.id, str(error)))
         return
     for tensor, image_id, notes in batch:
-        _append(result, tensors, tensor, image_id, notes)
+        _append(result, tensors, tensor, image_id, notes, seen)
 
 
 def _append(
@@ -687,8 +733,9 @@ def _append(
     tensor: torch.Tensor,
     image_id: str,
     notes: list[str],
+    seen: set[str],
 ) -> None:
-    if image_id in result.ids:
+    if image_id in seen:
         result.errors.append(
             ImageProblem(
                 image_id,
@@ -696,6 +743,7 @@ def _append(
             )
         )
         return
+    seen.add(image_id)
     tensors.append(tensor)
     result.ids.append(image_id)
     result.notes.append(notes)
@@ -771,10 +819,13 @@ class SplitManifest:
         except FileNotFoundError:
             raise DataError(f"{path}: the split manifest does not exist; check the path.") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise DataError(f"{path}: not a readable JSON split manifest ({_one_line(error)}).") from None
+            raise DataError(
+                f"{path}: not a readable JSON split manifest ({_one_line(error)})."
+            ) from None
         if not isinstance(record, dict) or record.get("format") != "sima-split":
             raise DataError(f"{path}: not a split manifest (no \"format\": \"sima-split\").")
-        missing = [key for key in ("dataset", "member_ids", "heldout_ids", "seed") if key not in record]
+        required = ("dataset", "member_ids", "heldout_ids", "seed")
+        missing = [key for key in required if key not in record]
         if missing:
             raise DataError(f"{path}: the split manifest lacks {', '.join(missing)}.")
         return cls(
@@ -794,7 +845,9 @@ def _check_ids(side: str, ids: list) -> None:
         raise DataError(f"The split's {side} must be names or integers, got {bad[0]!r}.")
     repeated = [i for i, count in Counter(ids).items() if count > 1]
     if repeated:
-        raise DataError(f"The split's {side} repeats ids (e.g. {_examples(repeated)}); list each once.")
+        raise DataError(
+            f"The split's {side} repeats ids (e.g. {_examples(repeated)}); list each once."
+        )
 
 
 def _examples(ids: Iterable) -> str:
@@ -815,6 +868,9 @@ def make_split(
     Each side keeps the order of ``ids``; the same ids and seed give the same split.
     """
     ids = list(ids)
+    repeated = [i for i, count in Counter(ids).items() if count > 1]
+    if repeated:
+        raise DataError(f"The ids repeat (e.g. {_examples(repeated)}); give each sample once.")
     if n_members < 1 or n_heldout < 1:
         raise DataError("A split needs at least one member and one held-out sample.")
     if n_members + n_heldout > len(ids):

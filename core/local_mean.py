@@ -14,18 +14,21 @@ both, and decode the mean with ``model.decode`` to show it; weights, neighbour i
 distances are then those of the latent space.
 
 Numerics. Squared distances are expanded as ||x||^2 - 2 sqrt(a) x.y + a ||y||^2 in float64
-(clamped at 0): at small t the kernel width 2 (1 - abar) is about 2e-4, so the logits amplify
-rounding errors by ~1e4 and float32 would scramble the weights. The softmax is a log-sum-exp.
+(clamped at 0): at t = 0 the kernel width 2 (1 - abar) is 2e-4, so the logits amplify rounding
+errors by 5e3, and float32 rounding of ||x||^2 (about 1e3 for a CIFAR image) alone would move
+them by 0.3 or more: weights off by a third. The softmax is a log-sum-exp.
 
 Memory. The reference set is never converted to float64 as a whole. Queries go in blocks and
 the reference set in chunks, with a streaming (online) log-sum-exp that rescales the running
-sums whenever the running maximum logit grows. Block and chunk sizes come from
-``MEMORY_BUDGET_BYTES``: half of it for the query side (the float64 queries, the running mean
-and one temporary of the same size), half for one reference chunk in float64 plus four
-(block x chunk) float64 matrices. The extra memory of a call therefore stays near the budget
-(256 MiB; about 150 MiB measured for 256 queries x 10,000 references of 3x32x32, see
-benchmarks/local_mean.py), plus its outputs. Sizes depend on the sample size only, not on the
-number of queries, so a query's result does not depend on which other queries share its call.
+sums whenever the running maximum logit grows. Sizes come from ``MEMORY_BUDGET_BYTES`` (256
+MiB): the query side (the float64 queries, the running mean and one update of the same size)
+gets at most half of it, and one reference chunk in float64 plus four (block x chunk) float64
+matrices get at most the other half, with chunks further capped at ``CHUNK_BYTES_MAX`` (32
+MiB) for speed. The extra memory of a call is therefore bounded by the budget plus the
+outputs: about 130 MiB measured for 256 queries x 10,000 references of 3x32x32
+(benchmarks/local_mean.py). Chunk boundaries depend on the sample size only, not on the number
+of queries, so the rest of a batch changes a query's result by rounding at most (the last bit
+of a float64; float32 results came out identical).
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ from core.models.base import DiffusionModel
 MEMORY_BUDGET_BYTES = 256 * 2**20
 #: At most this many queries per block, so that small samples do not shrink reference chunks.
 QUERY_BLOCK_MAX = 1024
+#: At most this many bytes of float64 reference rows per chunk. Smaller chunks stay in cache and
+#: reuse the allocator's memory; larger ones mean fewer parallel regions, which matters when other
+#: processes share the cores. For one CIFAR query over 10,000 references on 2 cores, 32 MiB took
+#: 0.3 s under load (8 MiB: 0.5-1.1 s, 57 MiB: 0.5 s) and about 0.1 s idle.
+CHUNK_BYTES_MAX = 32 * 2**20
 #: float64 matrices of shape (query block, reference chunk) alive at once during a scan.
 _PAIR_MATRICES = 4
 #: float64 tensors of the query block's shape alive at once (queries, running mean, update).
@@ -88,7 +96,7 @@ def _plan(dim: int) -> tuple[int, int]:
     """(query block, reference chunk) sizes for samples of ``dim`` entries."""
     half = MEMORY_BUDGET_BYTES // 2
     block = max(1, min(QUERY_BLOCK_MAX, half // (_QUERY_COPIES * _F64 * dim)))
-    chunk = max(1, half // (_F64 * (dim + _PAIR_MATRICES * block)))
+    chunk = max(1, min(CHUNK_BYTES_MAX // (_F64 * dim), half // (_F64 * (dim + _PAIR_MATRICES * block))))
     return block, chunk
 
 
@@ -153,7 +161,7 @@ def _scan(
     """
     q, m = x.shape[0], reference.shape[0]
     ref = reference.flatten(1)
-    xx = x.square().sum(1, keepdim=True)
+    xx = torch.linalg.vector_norm(x, dim=1, keepdim=True).square_()
     sa, aa, width = None, None, None
     if a is not None:
         sa, aa, width = a.sqrt().unsqueeze(1), a.unsqueeze(1), (-2 * (1 - a)).unsqueeze(1)
@@ -227,16 +235,44 @@ def _blocks(queries: torch.Tensor, block: int):
         yield start, flat[start:start + block].to(torch.float64)
 
 
-def kernel_weights(queries: torch.Tensor, reference: torch.Tensor, abar_t: float | torch.Tensor) -> torch.Tensor:
-    """w_i(x) for every query and reference sample: float64 (Q, M), rows sum to 1."""
+def _scans(
+    queries: torch.Tensor,
+    reference: torch.Tensor,
+    abar_t: float | torch.Tensor | None,
+    logits_out: torch.Tensor | None = None,
+    **wanted,
+):
+    """Validate now, then iterate (rows, scan) over the query blocks; ``wanted`` selects what
+    :func:`_scan` accumulates. Without ``abar_t`` only nearest distances can be asked for."""
     _check_pair(queries, reference)
-    a = _check_abar(abar_t, queries.shape[0], queries.device)
+    a = None if abar_t is None else _check_abar(abar_t, queries.shape[0], queries.device)
+    if "k" in wanted:
+        wanted["k"] = _check_k(wanted["k"], reference.shape[0])
     block, chunk = _plan(reference[0].numel())
+
+    def blocks():
+        for start, x in _blocks(queries, block):
+            rows = slice(start, start + x.shape[0])
+            part = None if logits_out is None else logits_out[rows]
+            yield rows, _scan(x, reference, None if a is None else a[rows], logits_out=part, chunk=chunk, **wanted)
+
+    return blocks()
+
+
+def _mean_into(out: torch.Tensor, rows: slice, state: _Scan) -> None:
+    mu = state.weighted_sum.div_(state.total.unsqueeze(1))
+    out[rows] = mu.view(-1, *out.shape[1:]).to(out.dtype)
+
+
+def kernel_weights(queries: torch.Tensor, reference: torch.Tensor, abar_t: float | torch.Tensor) -> torch.Tensor:
+    """w_i(x) for every query and reference sample: float64 (Q, M), rows sum to 1.
+
+    ``abar_t`` is alphas_cumprod at the timestep: one float, or one value per query.
+    """
+    _check_pair(queries, reference)
     out = torch.empty(queries.shape[0], reference.shape[0], dtype=torch.float64, device=queries.device)
-    for start, x in _blocks(queries, block):
-        rows = out[start:start + x.shape[0]]
-        state = _scan(x, reference, a[start:start + x.shape[0]], logits_out=rows, chunk=chunk)
-        rows.sub_(state.log_normaliser.unsqueeze(1)).exp_()
+    for rows, state in _scans(queries, reference, abar_t, logits_out=out):
+        out[rows].sub_(state.log_normaliser.unsqueeze(1)).exp_()
     return out
 
 
@@ -245,14 +281,10 @@ def local_mean(queries: torch.Tensor, reference: torch.Tensor, abar_t: float | t
 
     ``abar_t`` is alphas_cumprod at the timestep: one float, or one value per query.
     """
-    _check_pair(queries, reference)
-    a = _check_abar(abar_t, queries.shape[0], queries.device)
-    block, chunk = _plan(reference[0].numel())
+    scans = _scans(queries, reference, abar_t, mean=True)
     out = torch.empty_like(queries)
-    for start, x in _blocks(queries, block):
-        state = _scan(x, reference, a[start:start + x.shape[0]], mean=True, chunk=chunk)
-        mu = state.weighted_sum.div_(state.total.unsqueeze(1))
-        out[start:start + x.shape[0]] = mu.reshape(x.shape[0], *queries.shape[1:]).to(queries.dtype)
+    for rows, state in scans:
+        _mean_into(out, rows, state)
     return out
 
 
@@ -261,34 +293,28 @@ def top_neighbours(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The k reference samples of largest weight: (indices int64 (Q, k), weights float64 (Q, k)),
     in decreasing order of weight."""
-    result = explain(queries, reference, abar_t, k)
-    return result.top_indices, result.top_weights
+    parts = [state for _, state in _scans(queries, reference, abar_t, k=k)]
+    return torch.cat([s.top_indices for s in parts]), torch.cat([_top_weights(s) for s in parts])
+
+
+def _top_weights(state: _Scan) -> torch.Tensor:
+    return (state.top_logits - state.log_normaliser.unsqueeze(1)).exp()
 
 
 def effective_neighbours(queries: torch.Tensor, reference: torch.Tensor, abar_t: float | torch.Tensor) -> torch.Tensor:
     """1 / sum_i w_i^2 per query (float64): 1 when one sample takes all the weight, M when uniform."""
-    _check_pair(queries, reference)
-    a = _check_abar(abar_t, queries.shape[0], queries.device)
-    block, chunk = _plan(reference[0].numel())
-    out = torch.empty(queries.shape[0], dtype=torch.float64, device=queries.device)
-    for start, x in _blocks(queries, block):
-        state = _scan(x, reference, a[start:start + x.shape[0]], second_moment=True, chunk=chunk)
-        out[start:start + x.shape[0]] = state.total.square() / state.total_sq
-    return out
+    return torch.cat([_effective(s) for _, s in _scans(queries, reference, abar_t, second_moment=True)])
+
+
+def _effective(state: _Scan) -> torch.Tensor:
+    # sum_i w_i^2 = sum_i p_i^2 / (sum_i p_i)^2 with p_i = exp(logit_i - shift).
+    return state.total.square() / state.total_sq
 
 
 def nearest_distance(queries: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Euclidean distance ||x - y|| from each query to its closest reference sample (float64)."""
-    _check_pair(queries, reference)
-    return _nearest(queries, reference)[1]
-
-
-def _nearest(queries: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    block, chunk = _plan(reference[0].numel())
-    index = torch.empty(queries.shape[0], dtype=torch.long, device=queries.device)
-    for start, x in _blocks(queries, block):
-        index[start:start + x.shape[0]] = _scan(x, reference, None, nearest=True, chunk=chunk).nearest_index
-    return index, _distance_to(queries, reference, index)
+    index = torch.cat([s.nearest_index for _, s in _scans(queries, reference, None, nearest=True)])
+    return _distance_to(queries, reference, index)
 
 
 def _distance_to(queries: torch.Tensor, reference: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -302,24 +328,20 @@ def explain(
     queries: torch.Tensor, reference: torch.Tensor, abar_t: float | torch.Tensor, k: int = 5
 ) -> LocalMeanResult:
     """The local mean with its top-k neighbours, effective number of neighbours and nearest
-    reference sample, all from one pass over the reference set."""
-    _check_pair(queries, reference)
-    a = _check_abar(abar_t, queries.shape[0], queries.device)
-    k = _check_k(k, reference.shape[0])
-    block, chunk = _plan(reference[0].numel())
-    parts = [
-        _scan(x, reference, a[start:start + x.shape[0]], mean=True, second_moment=True, k=k, nearest=True, chunk=chunk)
-        for start, x in _blocks(queries, block)
-    ]
-    total = torch.cat([s.total for s in parts])
-    mean = torch.cat([s.weighted_sum for s in parts]) / total.unsqueeze(1)
-    log_norm = torch.cat([s.log_normaliser for s in parts])
+    reference sample, all from one pass over the reference set (for display: one call per
+    image shown). For a latent model, decode ``mean`` and index the images of the reference."""
+    scans = _scans(queries, reference, abar_t, mean=True, second_moment=True, k=k, nearest=True)
+    mean = torch.empty_like(queries)
+    parts = []
+    for rows, state in scans:
+        _mean_into(mean, rows, state)
+        parts.append(state)
     nearest_index = torch.cat([s.nearest_index for s in parts])
     return LocalMeanResult(
-        mean=mean.reshape(queries.shape).to(queries.dtype),
+        mean=mean,
         top_indices=torch.cat([s.top_indices for s in parts]),
-        top_weights=(torch.cat([s.top_logits for s in parts]) - log_norm.unsqueeze(1)).exp(),
-        effective_neighbours=total.square() / torch.cat([s.total_sq for s in parts]),
+        top_weights=torch.cat([_top_weights(s) for s in parts]),
+        effective_neighbours=torch.cat([_effective(s) for s in parts]),
         nearest_index=nearest_index,
         nearest_distance=_distance_to(queries, reference, nearest_index),
     )

@@ -95,3 +95,25 @@ def test_audit_is_deterministic_and_checks_shapes():
         run_audit(model, torch.zeros(4, 3, 4, 4), torch.zeros(4, 3, 4, 4), timesteps=[10])
     with pytest.raises(SimaError, match="select"):
         run_audit(model, members, nonmembers, timesteps=[10], select="best")
+
+
+def test_streamed_sets_give_the_same_audit_as_tensors(monkeypatch):
+    import core.audit as audit_module
+
+    members, nonmembers = _separable_sets(n=10)
+    model = EmpiricalDenoiser(members)
+    whole = run_audit(model, members, nonmembers, timesteps=[5, 50], n_bootstrap=20)
+    monkeypatch.setattr(audit_module, "CHUNK_IMAGES", 3)
+    chunked = run_audit(model, members, nonmembers, timesteps=[5, 50], n_bootstrap=20)
+
+    def stream(images, prefix):
+        for i in range(0, len(images), 4):
+            yield images[i:i + 4], [f"{prefix}-{j}" for j in range(i, min(i + 4, len(images)))]
+
+    seen = []
+    streamed = run_audit(model, stream(members, "member"), stream(nonmembers, "nonmember"), timesteps=[5, 50],
+                         n_bootstrap=20, progress=lambda done, total: seen.append((done, total)))
+    for other in (chunked, streamed):
+        np.testing.assert_allclose(other.statistics, whole.statistics, rtol=1e-6)
+        assert other.ids == whole.ids and other.chosen_t == whole.chosen_t
+    assert seen[-1] == (40, 40) and all(d <= t for d, t in seen)

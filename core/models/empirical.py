@@ -64,7 +64,7 @@ class EmpiricalDenoiser(DiffusionModel):
 
     def _raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a = self.abar(t).to(x.device)
-        # float64 throughout: for a member at small t, x - sqrt(a) mu is a ~1e-4 difference.
+        # float64 throughout: for a member at t = 0, x - sqrt(a) mu is only 5e-5 of x.
         mu = local_mean(x.to(torch.float64), self.reference, a)
         a = a.view(-1, *([1] * (x.dim() - 1)))
         return ((x.to(torch.float64) - a.sqrt() * mu) / (1 - a).sqrt()).to(x.dtype)

@@ -1,0 +1,171 @@
+"""Speed of SimA through `core` against the bare model, a naive loop, the baselines and the cache.
+
+    python benchmarks/speed.py            # full run (bundled demos + a 35.7M-parameter CIFAR-sized UNet)
+    python benchmarks/speed.py --quick    # a short run
+    python benchmarks/speed.py --json     # also print the result object
+
+Writes benchmarks/results/speed.json (or speed-quick.json) and prints a markdown table.
+Random weights are fine for speed: the cost of a forward pass does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core import demo_names, load_model  # noqa: E402
+from core.attacks import SimA, get_attack  # noqa: E402
+from core.batching import measure  # noqa: E402
+from core.cache import ScoreCache  # noqa: E402
+from core.models.pixel import PixelModel  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def cifar_unet_model() -> PixelModel:
+    """The DDPM CIFAR-10 architecture (Ho et al.): 35.7M parameters at 32x32x3, random weights."""
+    from diffusers import UNet2DModel
+
+    from core.models.empirical import ddpm_alphas_cumprod
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+        block_out_channels=(128, 256, 256, 256),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    )
+    return PixelModel(unet, ddpm_alphas_cumprod(), name="cifar-ddpm-35m (random weights)")
+
+
+def peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def naive_loop(model, x0, grid, batch_size) -> float:
+    """One timestep and one batch at a time, as the reference implementations score."""
+    start = time.perf_counter()
+    for t in grid:
+        for i in range(0, len(x0), batch_size):
+            model.eps(x0[i:i + batch_size], t).pow(4).flatten(1).sum(1)
+    return time.perf_counter() - start
+
+
+def bench_model(model, n: int, grid: list[int], baselines: list[str], candidates) -> dict:
+    rates = measure(model, candidates=candidates, repeats=2)
+    best = max(rates, key=rates.get)
+    x0 = torch.rand(n, *model.sample_shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pairs = n * len(grid)
+
+    # bare forward at the best size over the same number of images, no attack code around it
+    xb = x0[:best]
+    tb = torch.full((best,), grid[len(grid) // 2])
+    start = time.perf_counter()
+    for _ in range(max(1, pairs // best)):
+        model.eps(xb, tb)
+    bare = best * max(1, pairs // best) / (time.perf_counter() - start)
+
+    start = time.perf_counter()
+    SimA().sweep(model, x0, grid, batch_size=best)
+    sweep = pairs / (time.perf_counter() - start)
+
+    naive = pairs / naive_loop(model, x0, grid, best)
+
+    with tempfile.TemporaryDirectory() as folder:
+        cache = ScoreCache(folder)
+        start = time.perf_counter()
+        SimA().sweep(model, x0, grid, batch_size=best, cache=cache)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        SimA().sweep(model, x0, grid, batch_size=best, cache=cache)
+        rerun = time.perf_counter() - start
+
+    relative = {}
+    few = x0[: max(2, n // 8)]
+    start = time.perf_counter()
+    SimA().sweep(model, few, grid[:2], batch_size=best)
+    sima_time = time.perf_counter() - start
+    for name in baselines:
+        attack = get_attack(name)
+        start = time.perf_counter()
+        attack.sweep(model, few, grid[:2], batch_size=best, seed=0)
+        relative[name] = round((time.perf_counter() - start) / sima_time, 2)
+
+    return {
+        "model": model.name,
+        "parameters": model.parameter_count(),
+        "sample_shape": list(model.sample_shape),
+        "images": n,
+        "timesteps": len(grid),
+        "throughput_by_batch_size": {str(k): round(v, 1) for k, v in rates.items()},
+        "best_batch_size": best,
+        "bare_forward_images_per_s": round(bare, 1),
+        "sima_sweep_images_per_s": round(sweep, 1),
+        "sima_over_bare": round(sweep / bare, 3),
+        "naive_loop_images_per_s": round(naive, 1),
+        "cached_rerun_speedup": round(first / max(rerun, 1e-9), 1),
+        "baseline_time_over_sima": relative,
+    }
+
+
+def machine() -> dict:
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": "cpu",
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a short run: one demo, few images")
+    parser.add_argument("--json", action="store_true", help="print the result object as JSON")
+    args = parser.parse_args(argv)
+
+    if args.quick:
+        grid, baselines = [10, 50, 100, 150], ["pia", "loss"]
+        jobs = [(load_model(name), 64, (8, 16, 32, 64)) for name in demo_names()[:1]]
+    else:
+        grid, baselines = list(range(0, 201, 20)), ["sima-mc", "pia", "pian", "loss", "secmi", "pfami"]
+        jobs = [(load_model(name), 256, (16, 32, 64, 128)) for name in demo_names()]
+        jobs.append((cifar_unet_model(), 64, (8, 16, 32, 64)))
+    rows = [bench_model(model, n, grid, baselines, candidates) for model, n, candidates in jobs]
+    headline = rows[-1]
+    result = {
+        **{k: headline[k] for k in ("bare_forward_images_per_s", "sima_sweep_images_per_s", "sima_over_bare",
+                                    "naive_loop_images_per_s", "cached_rerun_speedup")},
+        "headline_model": headline["model"],
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "machine": machine(),
+        "models": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / ("speed-quick.json" if args.quick else "speed.json")).write_text(json.dumps(result, indent=2))
+    print("| model | params | best batch | bare img/s | SimA sweep img/s | sweep/bare | naive loop img/s | cached rerun speed-up |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['parameters']:,} | {r['best_batch_size']} | {r['bare_forward_images_per_s']} | "
+              f"{r['sima_sweep_images_per_s']} | {r['sima_over_bare']} | {r['naive_loop_images_per_s']} | {r['cached_rerun_speedup']}x |")
+    print(f"\npeak memory {result['peak_memory_mb']} MB; {result['machine']}")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

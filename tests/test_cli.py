@@ -1,0 +1,84 @@
+"""The `sima` command end to end on a tiny model saved to a temporary folder."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.cli import main
+
+
+@pytest.fixture
+def image_sets(tmp_path):
+    rng = np.random.default_rng(0)
+    members = rng.integers(0, 256, size=(8, 8, 8, 3), dtype=np.uint8)
+    nonmembers = rng.integers(0, 256, size=(8, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "members.npz", x=members)
+    np.savez(tmp_path / "nonmembers.npz", x=nonmembers)
+    for i in range(2):
+        Image.fromarray(members[i]).save(tmp_path / f"img{i}.png")
+    return tmp_path
+
+
+def test_audit_writes_results_and_prints_a_table(tiny_model_dir, image_sets, capsys):
+    out = image_sets / "out"
+    rc = main(["audit", "--model", str(tiny_model_dir), "--members", str(image_sets / "members.npz"),
+               "--nonmembers", str(image_sets / "nonmembers.npz"), "--timesteps", "0:20:10",
+               "--bootstrap", "20", "--out", str(out), "--quiet"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| sima |" in printed and "TPR@1%FPR" in printed
+    result = json.loads((out / "result.json").read_text())
+    assert result["attack"] == "sima" and result["n_members"] == 8 and result["chosen_t"] in (0, 10, 20)
+    assert result["metrics"]["tpr_at_1pct_fpr"]["value"] is None  # 4 report non-members
+    assert (out / "samples.csv").read_text().splitlines()[0] == "id,label,half,t0,t10,t20"
+
+
+def test_audit_json_output_is_clean(tiny_model_dir, image_sets, capsys):
+    rc = main(["audit", "--model", str(tiny_model_dir), "--members", str(image_sets / "members.npz"),
+               "--nonmembers", str(image_sets / "nonmembers.npz"), "--timesteps", "10", "--bootstrap", "0", "--json"])
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out)["per_t"][0]["t"] == 10
+
+
+def test_score_with_reference_gives_p_values_and_verdicts(tiny_model_dir, image_sets, capsys):
+    rc = main(["score", "--model", str(tiny_model_dir), "--t", "10", "--reference", str(image_sets / "nonmembers.npz"),
+               "--fpr", "0.2", "--json", str(image_sets / "img0.png"), str(image_sets / "img1.png")])
+    assert rc == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in records] == ["img0.png", "img1.png"]
+    for r in records:
+        assert set(r) >= {"file", "t", "statistic", "p_value", "verdict"}
+        assert 1 / 9 <= r["p_value"] <= 1 and r["verdict"] in ("likely member", "not flagged")
+
+
+def test_bad_file_scores_the_good_ones_and_exits_2(tiny_model_dir, image_sets, capsys):
+    (image_sets / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    rc = main(["score", "--model", str(tiny_model_dir), "--json", str(image_sets / "img0.png"), str(image_sets / "broken.png")])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert [r["file"] for r in json.loads(captured.out)] == ["img0.png"]
+    assert "broken.png" in captured.err and "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["score", "--model", "no-such-model", "x.png"], "not a bundled demo"),
+    (["audit", "--model", "MODEL", "--members", "missing-folder", "--nonmembers", "missing-folder"], "missing-folder"),
+    (["audit", "--model", "MODEL", "--members", "demo", "--nonmembers", "demo", "--timesteps", "5:1:0"], "timesteps"),
+    (["audit", "--model", "MODEL", "--members", "demo", "--nonmembers", "demo", "--attack", "magic"], "magic"),
+])
+def test_user_errors_exit_2_with_one_line(tiny_model_dir, argv, message, capsys):
+    argv = [str(tiny_model_dir) if a == "MODEL" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error:") and message in last and "Traceback" not in err
+
+
+def test_console_script_runs(tiny_model_dir, tmp_path):
+    sima = [sys.executable, "-m", "core.cli"]
+    done = subprocess.run([*sima, "cache", "info", "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "0 cached statistics" in done.stdout
