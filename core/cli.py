@@ -117,6 +117,35 @@ def results_table(results) -> str:
     return "\n".join(rows)
 
 
+CARD_START, CARD_END = "<!-- sima-audit:start -->", "<!-- sima-audit:end -->"
+
+
+def write_card(path: Path, results, command: str) -> None:
+    """Replace the audit section of a model card (README.md) with these results."""
+    import platform
+    from datetime import date
+
+    import torch
+
+    r = results[0]
+    body = "\n".join([
+        CARD_START,
+        f"Written by `{command}` on {date.today().isoformat()} ({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}).",
+        f"{r.n_members} members, {r.n_nonmembers} held-out images; t chosen on the selection half by {r.selection}; "
+        f"metrics on the report half with 95% bootstrap CIs ({r.n_bootstrap} resamples, seed {r.seed}).",
+        "",
+        results_table(results),
+        CARD_END,
+    ])
+    text = path.read_text() if path.is_file() else ""
+    if CARD_START in text and CARD_END in text:
+        head, rest = text.split(CARD_START, 1)
+        text = head + body + rest.split(CARD_END, 1)[1]
+    else:
+        text = text.rstrip() + ("\n\n" if text else "") + "## Audit\n\n" + body + "\n"
+    path.write_text(text)
+
+
 def cmd_audit(args) -> int:
     from core.attacks import parse_attacks
     from core.audit import parse_timesteps, run_audit
@@ -138,6 +167,8 @@ def cmd_audit(args) -> int:
         out = Path(args.out)
         for r in results:
             r.save(out if len(results) == 1 else out / r.attack)
+    if args.card:
+        write_card(Path(args.card), results, "sima " + " ".join(args.argv))
     if args.json:
         payload = [r.to_dict() for r in results]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
@@ -229,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
     audit.add_argument("--batch-size", type=int, default=None, help="forward-pass batch size (default: measured best)")
     audit.add_argument("--out", help="folder for result.json, samples.csv and scores.npz")
+    audit.add_argument("--card", help="model card (README.md) whose audit section is rewritten with the results")
     audit.set_defaults(func=cmd_audit)
 
     score = sub.add_parser("score", help="score images; with --reference, a p-value and verdict for each")
@@ -258,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except SimaError as exc:

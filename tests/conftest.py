@@ -1,11 +1,14 @@
 """Shared fixtures: tiny diffusers models built in process and saved to temporary folders."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 # Never touch the user's real cache from tests.
 os.environ["SIMA_CACHE_DIR"] = tempfile.mkdtemp(prefix="sima-test-cache-")
+atexit.register(shutil.rmtree, os.environ["SIMA_CACHE_DIR"], True)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest

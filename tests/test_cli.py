@@ -82,3 +82,16 @@ def test_console_script_runs(tiny_model_dir, tmp_path):
     sima = [sys.executable, "-m", "core.cli"]
     done = subprocess.run([*sima, "cache", "info", "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "0 cached statistics" in done.stdout
+
+
+def test_audit_rewrites_only_the_audit_section_of_a_model_card(tiny_model_dir, image_sets):
+    card = image_sets / "README.md"
+    card.write_text("# Model\n\nIntro.\n\n<!-- sima-audit:start -->\nold table\n<!-- sima-audit:end -->\n\nFooter.\n")
+    argv = ["audit", "--model", str(tiny_model_dir), "--members", str(image_sets / "members.npz"),
+            "--nonmembers", str(image_sets / "nonmembers.npz"), "--timesteps", "10,20", "--bootstrap", "10",
+            "--attack", "sima,sima-mc", "--card", str(card), "--quiet"]
+    assert main(argv) == 0
+    text = card.read_text()
+    assert text.startswith("# Model\n\nIntro.") and text.rstrip().endswith("Footer.")
+    assert "old table" not in text and "| sima |" in text and "| sima-mc |" in text
+    assert "Written by `sima audit --model" in text
