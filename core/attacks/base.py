@@ -5,9 +5,10 @@ hyperparameters are set in ``__init__`` and nothing else happens there. Randomne
 from noise passed in explicitly, or drawn from an explicit ``torch.Generator``.
 
 In a sweep, the noise for each (sample, timestep) pair is drawn from a generator seeded by
-(seed, the sample's content key, t). A sample's statistic therefore does not depend on the
-batch size, on the order of the samples, or on which other samples are in the set, which is
-what makes the score cache and resumed audits exact.
+(seed, the sample's content key, t). A sample's noise therefore does not depend on the batch
+size, on the order of the samples, or on which other samples are in the set, which is what
+makes the score cache and resumed audits exact. (The network's own arithmetic may still differ
+in the last bits between batch sizes.)
 """
 
 from __future__ import annotations
@@ -160,13 +161,14 @@ class Attack(abc.ABC):
             progress(done, total)
         cost = max(1, max(self.queries_per_sample(s) for s in grid))
         per_batch = max(1, (batch_size or best_batch_size(model)) // cost)
-        grid_t = torch.tensor(grid)
+        grid_t, stored = torch.tensor(grid), torch.tensor(stored_t)
         for start in range(0, len(sample_idx), per_batch):
             idx, col = sample_idx[start:start + per_batch], col_idx[start:start + per_batch]
             t = grid_t[col]
             noise = None
             if self.noise_draws:
-                noise = keyed_noise([keys[i] for i in idx.tolist()], t, self.noise_draws, x0.shape[1:], seed)
+                # keyed by the stored t, so an attack that ignores t draws the same noise on any grid
+                noise = keyed_noise([keys[i] for i in idx.tolist()], stored[col], self.noise_draws, x0.shape[1:], seed)
             values = self.statistic(model, x0[idx], t, noise=noise)
             out[idx, col] = values
             if cache is not None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from core.attacks.base import Attack
+from core.attacks.base import Attack, noised
 from core.errors import SimaError
-from core.models.base import DiffusionModel
 
 REDUCTIONS = ("mean_norm", "norm_of_mean")
 
@@ -14,13 +13,6 @@ REDUCTIONS = ("mean_norm", "norm_of_mean")
 def _check_p(p: float) -> None:
     if not p > 0:
         raise SimaError(f"The norm order p must be positive, got {p}.")
-
-
-def _noised(model: DiffusionModel, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """x_t(eps) = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps for noise (N, ...) or (N, K, ...)."""
-    a = model.abar(t).to(dtype=x0.dtype, device=x0.device).view(-1, *([1] * (noise.dim() - 1)))
-    x0 = x0 if noise.dim() == x0.dim() else x0.unsqueeze(1)
-    return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
 class SimA(Attack):
@@ -75,7 +67,7 @@ class SimAMC(Attack):
 
     def _statistic(self, model, x0, t, noise):
         n, k = x0.shape[0], self.k
-        xt = _noised(model, x0, t, noise).reshape(n * k, *x0.shape[1:])
+        xt = noised(model, x0, t, noise).reshape(n * k, *x0.shape[1:])
         eps = model.eps(xt, t.repeat_interleave(k)).to(torch.float64).reshape(n, k, -1)
         if self.reduce == "norm_of_mean":
             return eps.mean(1).abs().pow(self.p).sum(1).pow(1 / self.p)
