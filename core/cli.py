@@ -192,7 +192,7 @@ def cmd_score(args) -> int:
     reference = load_set(args.reference, model, "heldout")[0] if args.reference else None
     records = score_images(
         model, images, ids, attack=get_attack(args.attack), t=args.t, reference=reference, fpr=args.fpr, seed=args.seed,
-        cache=_cache(args),
+        batch_size=args.batch_size, cache=_cache(args),
     )
     if args.json:
         print(json.dumps([r.to_dict() for r in records], indent=2))
@@ -246,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu", help="torch device (default cpu)")
         p.add_argument("--allow-pickle", action="store_true", help="allow pickle-based .bin weights (only from a source you trust)")
         p.add_argument("--json", action="store_true", help="print JSON to stdout")
+        p.add_argument("--batch-size", type=int, default=None, help="forward-pass batch size (default: measured fastest, then cached)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("--no-cache", action="store_true", help="recompute everything; neither read nor write the score cache")
         p.add_argument("--cache-dir", help="score cache folder (default $SIMA_CACHE_DIR or ~/.cache/sima-explorer)")
@@ -258,7 +259,6 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--timesteps", default="0:200:10", help="START:STOP:STEP inclusive, or a list (default 0:200:10)")
     audit.add_argument("--select", default="auc", choices=["auc", "tpr1"], help="metric that chooses t on the selection half")
     audit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
-    audit.add_argument("--batch-size", type=int, default=None, help="forward-pass batch size (default: measured best)")
     audit.add_argument("--out", help="folder for result.json, samples.csv and scores.npz")
     audit.add_argument("--card", help="model card (README.md) whose audit section is rewritten with the results")
     audit.set_defaults(func=cmd_audit)

@@ -1,13 +1,12 @@
-"""core.data: every hostile or odd file is generated here, never committed as a binary."""
+"""core.data: every hostile or odd file is generated in code (builders in tests/hostile.py),
+never committed as a binary."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
-import struct
 import zipfile
-import zlib
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -27,30 +26,18 @@ from core.data import (
     to_uint8_image,
 )
 from core.errors import DataError, ImageError
-
-RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
-
-
-def encode(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height but whose data holds one grey pixel."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + body))
-        return struct.pack(">I", len(body)) + kind + body + crc
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00\x80"))
-        + chunk(b"IEND", b"")
-    )
+from tests.hostile import (
+    BLUE,
+    GREEN,
+    RED,
+    encode,
+    noisy,
+    npz,
+    png_claiming,
+    two_frames,
+    write,
+    zipped,
+)
 
 
 def unit(value: float) -> float:
@@ -167,11 +154,6 @@ def test_empty_file_and_missing_path(tmp_path):
         load_image(tmp_path, channels=3, size=8)
 
 
-def noisy(width: int = 64, height: int = 64) -> Image.Image:
-    rng = np.random.default_rng(2)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_truncated_files_are_detected_not_padded(fmt):
     whole = encode(noisy(), fmt)
@@ -209,11 +191,6 @@ def test_zero_width_header_is_not_an_image():
 
 
 # ----------------------------------------------------------------------------- formats and modes
-
-
-def two_frames(fmt: str) -> bytes:
-    first, second = Image.new("RGB", (8, 8), RED), Image.new("RGB", (8, 8), BLUE)
-    return encode(first, fmt, save_all=True, append_images=[second], duration=100, loop=0)
 
 
 @pytest.mark.parametrize("fmt,label", [("GIF", "GIF"), ("PNG", "PNG (APNG)")])
@@ -361,13 +338,6 @@ def test_bad_arguments_are_programming_errors():
 # ----------------------------------------------------------------------------- many files
 
 
-def write(folder, name: str, payload: bytes):
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(payload)
-    return path
-
-
 def test_folder_loads_good_files_and_lists_bad_ones(tmp_path):
     write(tmp_path, "b_red.png", encode(Image.new("RGB", (6, 6), RED)))
     write(tmp_path, "a_blue.jpg", encode(Image.new("RGB", (6, 6), BLUE), "JPEG"))
@@ -443,17 +413,6 @@ def test_uploads_as_pairs_and_file_objects():
     assert odd.ids == [] and "not a path" in odd.errors[0].message
 
 
-def zipped(members: dict[str, bytes], method=zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", method) as archive:
-        for name, payload in members.items():
-            if name.endswith("/"):
-                archive.writestr(zipfile.ZipInfo(name), b"")
-            else:
-                archive.writestr(name, payload)
-    return buffer.getvalue()
-
-
 def test_zip_members_are_read_in_memory(tmp_path):
     red = encode(Image.new("RGB", (4, 4), RED))
     archive = zipped(
@@ -495,12 +454,6 @@ def test_zip_with_a_corrupt_member_and_a_non_zip():
     assert loaded.ids == ["x.zip:b.png"]
     assert "could not be read" in loaded.errors[1].message  # bad CRC
     assert "not a readable zip" in loaded.errors[0].message
-
-
-def npz(**arrays) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
 
 
 def test_npz_layouts_and_ranges(tmp_path):
