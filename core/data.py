@@ -204,7 +204,10 @@ def _open(source: Source, name: str, max_pixels: int):
             "use a smaller image."
         ) from None
     except Exception as error:  # any parser failure on untrusted bytes is the file's fault
-        raise ImageError(f"{name}: could not be read ({_one_line(error)}).") from None
+        raise ImageError(
+            f"{name}: could not be read ({_one_line(error)}); the file is damaged or not a "
+            "standard image: open it in an image editor and re-save it as PNG or JPEG."
+        ) from None
     with image:
         width, height = image.size
         if width * height > max_pixels:
