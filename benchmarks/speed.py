@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import sys
 import tempfile
@@ -22,8 +20,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import RESULTS, describe_machine, machine, replace_section
 
 from core import demo_names, load_model  # noqa: E402
 from core.attacks import SimA, get_attack  # noqa: E402
@@ -31,7 +28,6 @@ from core.batching import measure  # noqa: E402
 from core.cache import ScoreCache  # noqa: E402
 from core.models.pixel import PixelModel  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def cifar_unet_model() -> PixelModel:
@@ -120,22 +116,88 @@ def bench_model(model, n: int, grid: list[int], baselines: list[str], candidates
     }
 
 
-def machine() -> dict:
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": "cpu",
-    }
+def tiny_model() -> PixelModel:
+    from diffusers import UNet2DModel
+
+    from core.models.empirical import ddpm_alphas_cumprod
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4)
+    return PixelModel(unet, ddpm_alphas_cumprod(), name="tiny")
+
+
+def scale_child(n: int, folder: str) -> None:
+    """In a fresh process: audit n member PNGs streamed from disk; print peak memory (MB)."""
+    import numpy as np
+    from PIL import Image
+
+    from core.audit import CHUNK_IMAGES, run_audit
+    from core.data import iter_images
+
+    root = Path(folder)
+    rng = np.random.default_rng(n)
+    for which, count in (("members", n), ("heldout", 200)):
+        (root / which).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / which / f"{i:06d}.png")
+
+    def stream(which):
+        for batch in iter_images(root / which, channels=3, size=8, batch_files=CHUNK_IMAGES):
+            yield batch.images, batch.ids
+
+    before = peak_memory_mb()
+    start = time.perf_counter()
+    result = run_audit(tiny_model(), stream("members"), stream("heldout"), timesteps=[10, 50], n_bootstrap=0, batch_size=256)
+    print(json.dumps({"n": n, "peak_memory_mb": round(peak_memory_mb(), 1), "memory_before_audit_mb": round(before, 1),
+                      "seconds": round(time.perf_counter() - start, 1), "scored": result.n_members + result.n_nonmembers}))
+
+
+def scale(sizes) -> list[dict]:
+    """Peak memory of streamed audits as N grows, each in its own process (peaks are per process)."""
+    import subprocess
+
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as folder:
+            out = subprocess.run([sys.executable, __file__, "--scale-child", str(n), folder],
+                                 capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def markdown(result: dict, quick: bool) -> str:
+    lines = [
+        f"Measured by `python benchmarks/speed.py{' --quick' if quick else ''}` on {describe_machine(result['machine'])}. "
+        "Images per second count (image, timestep) evaluations; the sweep packs mixed timesteps into batches of the "
+        "size the calibration measured fastest.",
+        "",
+        "| model | params | best batch | bare forward img/s | SimA sweep img/s | sweep / bare | naive loop img/s | cached rerun speed-up | baselines: time / SimA |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["models"]:
+        rel = ", ".join(f"{k} {v}x" for k, v in r["baseline_time_over_sima"].items())
+        lines.append(
+            f"| {r['model']} | {r['parameters']:,} | {r['best_batch_size']} | {r['bare_forward_images_per_s']} | "
+            f"{r['sima_sweep_images_per_s']} | {r['sima_over_bare']} | {r['naive_loop_images_per_s']} | "
+            f"{r['cached_rerun_speedup']}x | {rel} |")
+    lines += ["", f"Peak resident memory of the whole run: {result['peak_memory_mb']} MB.", "",
+              "Streamed audits (PNG files read one chunk at a time, a tiny 3x8x8 model, 2 timesteps), each in a fresh process:",
+              "", "| member images N | peak memory (MB) | audit time (s) |", "|---|---|---|"]
+    lines += [f"| {r['n']:,} | {r['peak_memory_mb']} | {r['seconds']} |" for r in result["scale"]]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short run: one demo, few images")
     parser.add_argument("--json", action="store_true", help="print the result object as JSON")
+    parser.add_argument("--scale-child", nargs=2, metavar=("N", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.scale_child:
+        scale_child(int(args.scale_child[0]), args.scale_child[1])
+        return 0
 
     if args.quick:
         grid, baselines = [10, 50, 100, 150], ["pia", "loss"]
@@ -153,15 +215,14 @@ def main(argv=None) -> int:
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "machine": machine(),
         "models": rows,
+        "scale": scale((1000, 5000) if args.quick else (1000, 5000, 20000)),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / ("speed-quick.json" if args.quick else "speed.json")).write_text(json.dumps(result, indent=2))
-    print("| model | params | best batch | bare img/s | SimA sweep img/s | sweep/bare | naive loop img/s | cached rerun speed-up |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['parameters']:,} | {r['best_batch_size']} | {r['bare_forward_images_per_s']} | "
-              f"{r['sima_sweep_images_per_s']} | {r['sima_over_bare']} | {r['naive_loop_images_per_s']} | {r['cached_rerun_speedup']}x |")
-    print(f"\npeak memory {result['peak_memory_mb']} MB; {result['machine']}")
+    table = markdown(result, quick=args.quick)
+    print(table)
+    if not args.quick:
+        replace_section("Speed", table)
     if args.json:
         print(json.dumps(result, indent=2))
     return 0

@@ -1,0 +1,364 @@
+"""Attack strength and cost of SimA and the baselines, through the same audit code path.
+
+    python benchmarks/attacks.py            # every bundled demo model, every attack
+    python benchmarks/attacks.py --quick    # 100 members + 100 held-out per demo, t in 0:100:20
+    python benchmarks/attacks.py --cifar    # also a 32x32 pixel DDPM trained here on CIFAR-10
+
+For every model and attack, ``core.audit.run_audit`` splits members and held-out images 50/50
+(seeded), chooses t by AUC on the selection half and reports AUC, ASR and TPR@1%FPR with 95%
+bootstrap CIs on the report half (METHODS section 5). Beside them: the chosen t, the queries
+per sample at that t, and the wall time per 1,000 images, both for the whole timestep sweep
+and for one pass at the chosen t alone (measured on up to 256 images and scaled).
+
+The CIFAR-10 model: 1,000 members and 1,000 held-out images drawn with a fixed seed from
+../shared/data/cifar10/cifar10_train_12k.npz (never copied into the project), a compact DDPM
+training loop (core.train trains on the bundled digits only), and the trained model cached
+under benchmarks/.cache (outside git) with its training wall time; an interrupted training
+resumes from its last checkpoint. On 2 CPU cores the default training and sweep take hours;
+``--device cuda`` runs both on a GPU.
+
+Writes benchmarks/results/attacks.json (attacks-quick.json with --quick; models not re-run
+keep their earlier entries) and the "Attacks" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import DOC, RESULTS, ROOT, machine, replace_section
+
+from core import demo_names, load_model  # noqa: E402
+from core.attacks import ATTACK_NAMES, parse_attacks  # noqa: E402
+from core.audit import DEFAULT_TIMESTEPS, encode_batched, parse_timesteps, run_audit  # noqa: E402
+from core.hashing import row_digests  # noqa: E402
+
+CACHE = ROOT / "benchmarks" / ".cache"
+SECTION = "Attacks"
+CIFAR_FILE = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10_train_12k.npz"
+CIFAR_SPLIT_SEED = 0
+CIFAR_MEMBERS = CIFAR_HELDOUT = 1000
+#: A 2.7M-parameter UNet at 32x32x3; attention only at 8x8, where it is cheap on a CPU.
+CIFAR_UNET = {
+    "sample_size": 32, "in_channels": 3, "out_channels": 3, "layers_per_block": 1, "norm_num_groups": 8,
+    "block_out_channels": [32, 64, 128],
+    "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+}
+#: Timing pass at the chosen t: this many images at most, scaled to 1,000.
+TIMING_IMAGES = 256
+
+#: METHODS section 5b: the SimA authors' table (AUC / TPR@1%FPR, best over t), for comparison.
+PUBLISHED = {
+    "DDPM CIFAR-10": {"sima": (.905, .359), "pia": (.919, .295), "secmi": (.897, .334), "loss": (.847, .241), "pfami": (.803, .082)},
+    "DDPM CIFAR-100": {"sima": (.899, .388), "pia": (.896, .288), "secmi": (.886, .300), "loss": (.822, .196), "pfami": (.771, .084)},
+    "DDPM STL10-U": {"sima": (.963, .728), "pia": (.963, .663), "secmi": (.952, .662), "loss": (.914, .477), "pfami": (.837, .170)},
+    "DDPM CelebA": {"sima": (.829, .209), "pia": (.822, .184), "secmi": (.815, .146), "loss": (.760, .152), "pfami": (.702, .081)},
+    "LDM ImageNet": {"sima": (.561, .020), "pia": (.568, .021), "secmi": (.569, .023), "loss": (.479, .006), "pfami": (.488, .006)},
+}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def subsample(images: torch.Tensor, ids: list[str], n: int | None, seed: int) -> tuple[torch.Tensor, list[str]]:
+    """A seeded subset of n images (all of them when n is None or not smaller)."""
+    if n is None or n >= len(images):
+        return images, ids
+    keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:n])
+    return images[keep], [ids[i] for i in keep]
+
+
+def cifar_sets() -> tuple[torch.Tensor, list[str], torch.Tensor, list[str]]:
+    """1,000 members and 1,000 held-out CIFAR-10 images in [-1, 1], drawn with a fixed seed."""
+    from core.data import images_from_array
+
+    if not CIFAR_FILE.is_file():
+        raise SystemExit(f"{CIFAR_FILE} is missing: the CIFAR-10 part reads it from the shared data folder.")
+    data = np.load(CIFAR_FILE)
+    order = np.random.default_rng(CIFAR_SPLIT_SEED).permutation(len(data["x"]))
+    chosen = {"members": order[:CIFAR_MEMBERS], "heldout": order[CIFAR_MEMBERS:CIFAR_MEMBERS + CIFAR_HELDOUT]}
+    out = []
+    for rows in chosen.values():
+        images = images_from_array(data["x"][rows], channels=3, size=32, ids_prefix="cifar10").images
+        out += [images, [f"cifar10-train-{int(i)}" for i in data["source_index"][rows]]]
+    return tuple(out)  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------ the CIFAR-10 model
+
+
+def _ddpm_loss(unet, batch: torch.Tensor, abar: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    t = torch.randint(0, len(abar), (len(batch),), generator=gen)
+    noise = torch.randn(batch.shape, generator=gen)
+    a = abar[t].view(-1, 1, 1, 1)
+    device = next(unet.parameters()).device
+    xt = (a.sqrt() * batch + (1 - a).sqrt() * noise).to(device)
+    return (unet(xt, t.to(device)).sample - noise.to(device)).pow(2).mean()
+
+
+def train_cifar_ddpm(folder: Path, members: torch.Tensor, *, steps: int, batch_size: int, lr: float, seed: int,
+                     device: str) -> dict:
+    """Train the CIFAR-10 DDPM into ``folder`` (resuming a checkpoint there); returns the training record."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    abar = scheduler.alphas_cumprod.to(torch.float32)
+    torch.manual_seed(seed)
+    unet = UNet2DModel(**CIFAR_UNET).to(device).train()
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    ckpt, step, wall_before = folder / "checkpoint.pt", 0, 0.0
+    if ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        step, wall_before = state["step"], state["wall_s"]
+        print(f"resuming CIFAR-10 training at step {step}", flush=True)
+    started = time.perf_counter()
+    while step < steps:
+        idx = torch.randint(0, len(members), (batch_size,), generator=gen)
+        # Linear warm-up over the first 100 steps keeps the first large-lr steps from diverging.
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 100)
+        loss = _ddpm_loss(unet, members[idx], abar, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 250 == 0 or step == steps:
+            wall = wall_before + time.perf_counter() - started
+            print(f"step {step}/{steps}  loss {loss.item():.4f}  {wall / 60:.1f} min", flush=True)
+            torch.save({"unet": unet.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step,
+                        "wall_s": wall}, folder / "checkpoint.tmp")
+            os.replace(folder / "checkpoint.tmp", ckpt)
+    unet.eval().to("cpu").save_pretrained(folder / "unet")
+    scheduler.save_pretrained(folder / "scheduler")
+    return {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
+            "train_wall_s": wall_before + time.perf_counter() - started,
+            "parameters": sum(p.numel() for p in unet.parameters()), "unet": CIFAR_UNET}
+
+
+def cifar_model(args) -> tuple:
+    """The cached CIFAR-10 DDPM (trained on first use) and its member and held-out sets."""
+    from core.models.pixel import PixelModel
+
+    members, member_ids, heldout, heldout_ids = cifar_sets()
+    tag = f"cifar10-ddpm-{args.cifar_steps}x{args.cifar_batch}-lr{args.cifar_lr:g}-seed{args.seed}"
+    folder = CACHE / tag
+    record_file = folder / "training.json"
+    if not record_file.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        record = train_cifar_ddpm(folder, members, steps=args.cifar_steps, batch_size=args.cifar_batch,
+                                  lr=args.cifar_lr, seed=args.seed, device=args.device)
+        record.update(member_ids=member_ids, heldout_ids=heldout_ids, data=str(CIFAR_FILE.name),
+                      split_seed=CIFAR_SPLIT_SEED)
+        record_file.write_text(json.dumps(record, indent=1) + "\n")
+        (folder / "checkpoint.pt").unlink(missing_ok=True)
+    record = json.loads(record_file.read_text())
+    manifest = {"member_ids": record["member_ids"], "heldout_ids": record["heldout_ids"]}
+    model = PixelModel.from_folder(folder, manifest=manifest, device=args.device, name=tag)
+    training = {k: v for k, v in record.items() if not k.endswith("_ids")}
+    return model, members, member_ids, heldout, heldout_ids, training
+
+
+# -------------------------------------------------------------------------- the audits
+
+
+def seconds_per_1000_at(model, attack, images: torch.Tensor, t: int, seed: int, batch_size: int | None) -> float:
+    """Wall time of one pass of ``attack`` at t over (up to TIMING_IMAGES) images, per 1,000 images."""
+    sample = images[:TIMING_IMAGES]
+    keys = row_digests(sample)
+    encoded = encode_batched(model, sample)
+    start = time.perf_counter()
+    attack.sweep(model, encoded, [t], seed=seed, keys=keys, batch_size=batch_size)
+    return (time.perf_counter() - start) / len(sample) * 1000
+
+
+def audit_model(model, members, member_ids, heldout, heldout_ids, args, grid: list[int]) -> list[dict]:
+    rows = []
+    n_images = len(members) + len(heldout)
+    for attack in parse_attacks(args.attacks):
+        print(f"  {attack.describe()} ...", flush=True)
+        result = run_audit(model, members, heldout, attack=attack, timesteps=grid, seed=args.seed,
+                           member_ids=member_ids, nonmember_ids=heldout_ids, batch_size=args.batch_size,
+                           n_bootstrap=args.bootstrap)
+        m = result.metrics.to_dict()
+        t = result.chosen_t
+        rows.append({
+            "attack": attack.name,
+            "attack_params": result.attack_params,
+            "member_when": attack.member_when,
+            "uses_timestep": attack.uses_timestep,
+            "chosen_t": t if attack.uses_timestep else None,
+            "auc": m["auc"],
+            "asr": m["asr"],
+            "tpr_at_1pct_fpr": m["tpr_at_1pct_fpr"],
+            "report_members": result.metrics.n_members,
+            "report_nonmembers": result.metrics.n_nonmembers,
+            "queries_per_sample_at_t": attack.queries_per_sample(t),
+            "queries_per_sample_grid": sum(attack.queries_per_sample(s) for s in (grid if attack.uses_timestep else grid[:1])),
+            "sweep_wall_s": result.wall_time_s,
+            "sweep_s_per_1000_images": result.wall_time_s / n_images * 1000,
+            "s_per_1000_images_at_t": seconds_per_1000_at(model, attack, torch.cat([members, heldout]), t, args.seed,
+                                                          args.batch_size),
+            "per_t": result.per_t,
+        })
+        r = rows[-1]
+        print(f"    AUC {r['auc']['value']:.3f}  TPR@1%FPR {r['tpr_at_1pct_fpr']['value']}  t={t}  "
+              f"{r['sweep_wall_s']:.0f} s", flush=True)
+    return rows
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _ci(estimate: dict) -> str:
+    if estimate.get("measurable") is False or estimate["value"] is None:
+        return "n/a"
+    text = f"{estimate['value']:.3f}"
+    if estimate["ci_low"] is not None:
+        text += f" [{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]"
+    return text
+
+
+DISPLAY = {"sima": "SimA", "pia": "PIA", "secmi": "SecMI", "loss": "Loss", "pfami": "PFAMI"}
+
+
+def ordering_note(rows: list[dict]) -> str:
+    """Whether SimA >= PIA and SecMI, and all three > Loss and PFAMI, by report-half point AUC."""
+    auc = {r["attack"]: r["auc"]["value"] for r in rows if r["auc"]["value"] is not None}
+    if not all(a in auc for a in DISPLAY):
+        return "The ordering check needs SimA, PIA, SecMI, Loss and PFAMI; not all were run."
+    pairs = [("sima", "pia"), ("sima", "secmi")] + [(hi, lo) for hi in ("sima", "pia", "secmi") for lo in ("loss", "pfami")]
+    reversed_ = [f"{DISPLAY[hi]} < {DISPLAY[lo]}" for hi, lo in pairs if auc[hi] < auc[lo]]
+    # Only the strict "above Loss and PFAMI" pairs can fail by a tie (e.g. every attack at AUC 1).
+    ties = [f"{DISPLAY[hi]} = {DISPLAY[lo]}" for hi, lo in pairs[2:] if auc[hi] == auc[lo]]
+    if reversed_:
+        return "The published ordering does not hold here by point AUC: " + "; ".join(reversed_ + ties) + "."
+    if ties:
+        return "No pair is reversed, but these tie by point AUC, so the ordering is not shown: " + "; ".join(ties) + "."
+    return ("The published ordering holds here by point AUC: SimA >= PIA and SecMI, and all three above "
+            "Loss and PFAMI (overlapping CIs are not differences).")
+
+
+def markdown(payload: dict) -> str:
+    lines = [
+        f"Produced by `python benchmarks/attacks.py{' --quick' if payload['quick'] else ''}` "
+        f"({payload['date']}, {payload['machine']['cpu_count']} CPU cores, torch {payload['machine']['torch']}). "
+        "t is chosen by AUC on the selection half; AUC, ASR and TPR@1%FPR come from the report half with "
+        "95% bootstrap CIs. Queries are model evaluations per sample at the chosen t. Times are wall "
+        "seconds per 1,000 images: one pass at the chosen t, and the whole sweep over the timestep grid. "
+        "PFAMI ignores t (it averages over its own 10 steps).",
+        "",
+    ]
+    for name, entry in payload["models"].items():
+        grid = entry["timesteps"]
+        lines += [f"### {name}", "", entry["description"], "",
+                  f"{entry['n_members']} members, {entry['n_heldout']} held-out; timesteps {grid[0]}..{grid[-1]} "
+                  f"({len(grid)} values).", ""]
+        if entry.get("training"):
+            tr = entry["training"]
+            lines += [f"Trained here: {tr['parameters']:,} parameters, {tr['steps']} steps of batch {tr['batch_size']} "
+                      f"on {tr['device']}, {tr['train_wall_s'] / 60:.0f} min.", ""]
+        lines += ["| attack | t | AUC | ASR | TPR@1%FPR | queries | s / 1k images at t | s / 1k images, grid |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in entry["attacks"]:
+            t = "-" if r["chosen_t"] is None else r["chosen_t"]
+            lines.append(f"| {r['attack']} | {t} | {_ci(r['auc'])} | {_ci(r['asr'])} | {_ci(r['tpr_at_1pct_fpr'])} | "
+                         f"{r['queries_per_sample_at_t']} | {r['s_per_1000_images_at_t']:.1f} | "
+                         f"{r['sweep_s_per_1000_images']:.1f} |")
+        lines += ["", ordering_note(entry["attacks"]), ""]
+    lines += ["### Published figures (METHODS section 5b; AUC / TPR@1%FPR, best over t on the evaluation labels)", "",
+              "| model / data | SimA | PIA | SecMI | Loss | PFAMI |", "|---|---|---|---|---|---|"]
+    for name, row in PUBLISHED.items():
+        cells = " | ".join(f"{row[a][0]:.3f} / {row[a][1]:.3f}" for a in ("sima", "pia", "secmi", "loss", "pfami"))
+        lines.append(f"| {name} | {cells} |")
+    lines += ["", "The published figures pick each metric's best t on the evaluation labels; ours choose t on a "
+              "separate half, so they are not optimistic in that way and are expected to be lower.", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="100 members + 100 held-out per demo, t in 0:100:20, 200 bootstrap resamples")
+    p.add_argument("--cifar", action="store_true", help="also train (or load the cached) CIFAR-10 DDPM and audit it")
+    p.add_argument("--no-demos", action="store_true", help="skip the bundled demo models")
+    p.add_argument("--models", default=None, help="comma-separated demo names (default: every bundled demo)")
+    p.add_argument("--attacks", default=",".join(ATTACK_NAMES), help="comma-separated attack names")
+    p.add_argument("--timesteps", default=None, help="grid for the demos, e.g. 0:200:10 (default: the audit's)")
+    p.add_argument("--cifar-timesteps", default="20:140:40", help="grid for CIFAR-10 (coarse: SecMI's cost grows with t)")
+    p.add_argument("--cifar-steps", type=int, default=20000)
+    p.add_argument("--cifar-batch", type=int, default=64)
+    p.add_argument("--cifar-lr", type=float, default=5e-4)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 1000; 200 with --quick)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    n_quick = 100 if args.quick else None
+    args.bootstrap = args.bootstrap or (200 if args.quick else 1000)
+    demo_grid = parse_timesteps(args.timesteps) if args.timesteps else (
+        list(range(0, 101, 20)) if args.quick else list(DEFAULT_TIMESTEPS))
+    out_file = RESULTS / ("attacks-quick.json" if args.quick else "attacks.json")
+    payload = json.loads(out_file.read_text()) if out_file.is_file() else {"models": {}}
+    payload.update(quick=args.quick, date=time.strftime("%Y-%m-%d"), machine=machine(), seed=args.seed)
+
+    jobs = []
+    if not args.no_demos:
+        for name in (args.models.split(",") if args.models else demo_names()):
+            jobs.append((name, lambda name=name: _demo(name, args, n_quick), demo_grid))
+    if args.cifar:
+        jobs.append(("cifar10-ddpm", lambda: _cifar(args), parse_timesteps(args.cifar_timesteps)))
+    if not jobs:
+        raise SystemExit("Nothing to run: no bundled demo models are installed and --cifar was not given.")
+    for name, load, grid in jobs:
+        model, members, mids, heldout, hids, description, training = load()
+        print(f"{name}: {len(members)} members, {len(heldout)} held-out, {len(grid)} timesteps", flush=True)
+        payload["models"][name] = {
+            "description": description, "fingerprint": model.fingerprint, "timesteps": grid,
+            "n_members": len(members), "n_heldout": len(heldout), "training": training,
+            "attacks": audit_model(model, members, mids, heldout, hids, args, grid),
+        }
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        out_file.write_text(json.dumps(payload, indent=1) + "\n")
+    replace_section(SECTION, markdown(payload))
+    print(f"wrote {out_file.relative_to(ROOT)} and the '{SECTION}' section of {DOC.relative_to(ROOT)}")
+    return 0
+
+
+def _demo(name: str, args, n: int | None):
+    from core.datasets import demo_sets
+
+    model = load_model(name, device=args.device)
+    members, mids, heldout, hids = demo_sets(model)
+    members, mids = subsample(members, mids, n, args.seed)
+    heldout, hids = subsample(heldout, hids, n, args.seed + 1)
+    description = (model.manifest or {}).get("demo") or model.info().describe()
+    return model, members, mids, heldout, hids, description, None
+
+
+def _cifar(args):
+    model, members, mids, heldout, hids, training = cifar_model(args)
+    description = (f"Pixel DDPM at 32x32 trained by this benchmark on {CIFAR_MEMBERS} CIFAR-10 images "
+                   f"(JPEG-decoded subset, see ../shared/data/cifar10/SOURCE.md).")
+    return model, members, mids, heldout, hids, description, training
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
