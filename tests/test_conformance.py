@@ -26,9 +26,9 @@ def _empirical(tmp_path):
 
 
 def _latent(tmp_path):
-    from tests.test_latent import save_tiny_latent_model
+    from tests.test_latent import save_latent
 
-    return core.load_model(save_tiny_latent_model(tmp_path / "latent"))
+    return core.load_model(save_latent(tmp_path / "latent"))
 
 
 ADAPTERS = [_pixel, _pixel_v, _empirical, _latent]
