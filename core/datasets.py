@@ -1,0 +1,198 @@
+"""The bundled demo dataset: scikit-learn's handwritten digits, with one fixed member split.
+
+``sklearn.datasets.load_digits`` ships 1,797 real 8x8 grey digits inside the scikit-learn
+wheel, so the demos need no download. They are converted once, the same way for every model:
+
+1. the 0..16 pixel counts become uint8 grey levels round(v * 255 / 16);
+2. ``core.data.images_from_array`` upsamples them (Pillow LANCZOS) to ``size`` x ``size``;
+3. the result is quantised back to uint8, and converted to [-1, 1] by ``core.data`` again.
+
+Step 3 makes every training image exactly a uint8 picture: saving it as PNG and loading the
+PNG through ``core.data`` gives back the training tensor bit for bit, so example uploads and
+``--members demo`` see the same numbers the model was trained on.
+
+The split is one seeded permutation of the 1,797 indices: its first ``n_heldout`` entries are
+held out from every demo model, and a model with ``n`` members trains on the next ``n``.
+Member sets of different sizes are therefore nested and always disjoint from the held-out set.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from core.data import SplitManifest, images_from_array
+from core.errors import DataError
+
+DATASET = "sklearn-digits"
+N_IMAGES = 1797
+SPLIT_SEED = 0
+N_HELDOUT = 500
+MEMORISING_MEMBERS = 256
+GENERALISING_MEMBERS = 900
+
+PREPROCESSING = (
+    "sklearn.datasets.load_digits 8x8 counts v in 0..16 -> uint8 round(v * 255 / 16) -> "
+    "core.data.images_from_array (Pillow LANCZOS) to {size}x{size} -> uint8 round((x + 1) / 2 * 255) "
+    "-> [-1, 1] as 2 * (u / 255) - 1 (exactly what core.data gives for the same PNG)"
+)
+
+
+def digit_id(index: int) -> str:
+    """The id of digit ``index`` of ``load_digits`` (its position in scikit-learn's array)."""
+    return f"digits-{index:04d}"
+
+
+@lru_cache(maxsize=4)
+def _digits(size: int) -> tuple[torch.Tensor, tuple[str, ...]]:
+    from sklearn.datasets import load_digits
+
+    counts = load_digits().images  # (1797, 8, 8) float64 in 0..16
+    grey = np.rint(counts * (255.0 / 16.0)).astype(np.uint8)
+    upsampled = images_from_array(grey, channels=1, size=size, ids_prefix=DATASET).images
+    quantised = _to_uint8(upsampled)
+    images = images_from_array(quantised, channels=1, size=size, ids_prefix=DATASET).images
+    return images, tuple(digit_id(i) for i in range(len(images)))
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] tensors (N, 1, H, W) to uint8 (N, H, W), rounding as ``core.data.to_uint8_image``."""
+    pixels = ((images + 1.0) / 2.0).clamp(0.0, 1.0)
+    return torch.round(pixels * 255.0).to(torch.uint8)[:, 0].numpy()
+
+
+def digits_images(size: int = 16) -> tuple[torch.Tensor, list[str]]:
+    """All 1,797 digits as a float32 tensor (1797, 1, size, size) in [-1, 1], and their ids."""
+    if int(size) != size or size < 8:
+        raise DataError(f"The digits are 8x8; choose a size of 8 or more, got {size}.")
+    images, ids = _digits(int(size))
+    return images.clone(), list(ids)
+
+
+def digits_uint8(size: int = 16) -> np.ndarray:
+    """The digits as the uint8 pictures (1797, size, size) that PNG files of them hold."""
+    images, _ = digits_images(size)
+    return _to_uint8(images)
+
+
+def digits_split(
+    n_members: int = MEMORISING_MEMBERS, *, n_heldout: int = N_HELDOUT, seed: int = SPLIT_SEED
+) -> SplitManifest:
+    """The demo split: ids of ``n_members`` members and ``n_heldout`` held-out digits.
+
+    The held-out set depends only on ``seed`` and ``n_heldout``, and a smaller member set is
+    contained in a larger one, so every demo model is audited against the same held-out set.
+    """
+    if n_members < 1 or n_heldout < 1 or n_members + n_heldout > N_IMAGES:
+        raise DataError(
+            f"A digits split needs members >= 1, held-out >= 1 and members + held-out <= {N_IMAGES}; "
+            f"got {n_members} and {n_heldout}."
+        )
+    order = np.random.default_rng(seed).permutation(N_IMAGES)
+    heldout = sorted(order[:n_heldout].tolist())
+    members = sorted(order[n_heldout:n_heldout + n_members].tolist())
+    return SplitManifest(
+        dataset=DATASET,
+        member_ids=[digit_id(i) for i in members],
+        heldout_ids=[digit_id(i) for i in heldout],
+        seed=seed,
+        notes=f"permutation of {N_IMAGES} indices with numpy default_rng({seed}); first {n_heldout} held out",
+    )
+
+
+def dataset_record(size: int, n_members: int, n_heldout: int = N_HELDOUT, seed: int = SPLIT_SEED) -> dict:
+    """How a manifest describes the demo data, enough for :func:`split_images` to rebuild it."""
+    import sklearn
+
+    return {
+        "name": DATASET,
+        "sklearn_version": sklearn.__version__,
+        "size": int(size),
+        "channels": 1,
+        "split_seed": int(seed),
+        "n_members": int(n_members),
+        "n_heldout": int(n_heldout),
+        "preprocessing": PREPROCESSING.format(size=size),
+    }
+
+
+def split_images(manifest: dict, which: str) -> tuple[torch.Tensor, list[str]]:
+    """The member or held-out images named by a model's manifest, and their ids.
+
+    ``which`` is "members" or "heldout". The manifest's ``dataset`` says how the images were
+    made and its ``member_ids`` / ``heldout_ids`` say which ones to take.
+    """
+    if which not in ("members", "heldout"):
+        raise DataError(f"Choose 'members' or 'heldout', got {which!r}.")
+    dataset = manifest.get("dataset") if isinstance(manifest, dict) else None
+    if not isinstance(dataset, dict) or dataset.get("name") != DATASET:
+        name = dataset.get("name") if isinstance(dataset, dict) else dataset
+        raise DataError(
+            f"This model's manifest names dataset {name!r}; only {DATASET!r} is bundled, so give "
+            "its member and held-out images as files instead."
+        )
+    key = "member_ids" if which == "members" else "heldout_ids"
+    ids = manifest.get(key)
+    if not isinstance(ids, list) or not ids:
+        raise DataError(f"The model's manifest has no {key}; give its {which} images as files instead.")
+    return digits_by_ids(ids, int(dataset.get("size", 16))), list(ids)
+
+
+def digits_by_ids(ids: list[str], size: int = 16) -> torch.Tensor:
+    """The digits with the given ids, in that order, as (len(ids), 1, size, size) in [-1, 1]."""
+    images, all_ids = _digits(int(size))
+    position = {image_id: i for i, image_id in enumerate(all_ids)}
+    unknown = [i for i in ids if i not in position]
+    if unknown:
+        raise DataError(
+            f"{len(unknown)} ids are not digits (e.g. {unknown[0]!r}); a manifest that lists them "
+            "is damaged: re-create it with `sima train`."
+        )
+    return images[[position[i] for i in ids]]
+
+
+def demo_sets(model) -> tuple[torch.Tensor, list[str], torch.Tensor, list[str]]:
+    """(members, member_ids, heldout, heldout_ids) of a bundled demo model, as [-1, 1] images.
+
+    Latent models need ``model.encode`` before an attack; these are images, not latents.
+    """
+    manifest = getattr(model, "manifest", None)
+    if not isinstance(manifest, dict) or "member_ids" not in manifest or "heldout_ids" not in manifest:
+        raise DataError(
+            f"{getattr(model, 'name', 'This model')} has no manifest with its member and held-out ids, "
+            "so 'demo' sets are not known; give member and non-member images as files instead."
+        )
+    members, member_ids = split_images(manifest, "members")
+    heldout, heldout_ids = split_images(manifest, "heldout")
+    return members, member_ids, heldout, heldout_ids
+
+
+def write_examples(folder, manifest: dict, model: str, *, per_side: int = 8) -> list[dict]:
+    """Save the first ``per_side`` members and held-out digits of a demo model as PNG files.
+
+    Writes ``examples.csv`` (file, id, label, model) beside them and returns its rows. The PNGs
+    hold the exact uint8 pictures, so loading one through ``core.data`` gives the training tensor.
+    """
+    import csv
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    size = int(manifest["dataset"]["size"])
+    images, ids = _digits(size)
+    pictures, position = _to_uint8(images), {image_id: i for i, image_id in enumerate(ids)}
+    rows = []
+    for label, key in (("member", "member_ids"), ("heldout", "heldout_ids")):
+        for image_id in manifest[key][:per_side]:
+            name = f"{label}-{image_id}.png"
+            Image.fromarray(pictures[position[image_id]], mode="L").save(folder / name)
+            rows.append({"file": name, "id": image_id, "label": label, "model": model})
+    with open(folder / "examples.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file", "id", "label", "model"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows

@@ -1,0 +1,164 @@
+"""Latent diffusion models: an autoencoder plus a ``UNet2DModel`` that denoises its latents.
+
+Attacks run in latent space: an image x0 in [-1, 1] becomes z0 = s * E(x0), where E is the
+encoder's posterior MEAN (an ``AutoencoderKL``) or its pre-quantisation output (a
+``VQModel``), never a sample, so scores are deterministic (METHODS section 1). The scaling
+factor s comes from the autoencoder's config (``scaling_factor``) unless overridden, and is
+part of the fingerprint because it changes every score.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from core.errors import ModelError
+from core.hashing import fingerprint_tensors
+from core.models import loading
+from core.models.base import DiffusionModel
+from core.models.pixel import check_unet_config
+
+AUTOENCODERS = ("AutoencoderKL", "VQModel")
+
+
+def _size(value) -> int:
+    return int(value if isinstance(value, int) else value[0])
+
+
+def check_latent_configs(vae_config: dict, unet_config: dict, vae_label: str, unet_label: str) -> None:
+    """The UNet must denoise exactly the latents the autoencoder produces."""
+    latent = vae_config.get("latent_channels")
+    if unet_config.get("in_channels") != latent:
+        raise ModelError(
+            f"{unet_label}: 'in_channels' is {unet_config.get('in_channels')!r} but {vae_label} has "
+            f"'latent_channels' {latent!r}; the UNet and the autoencoder come from different models."
+        )
+    levels = len(vae_config.get("block_out_channels", ())) - 1
+    expected = _size(vae_config["sample_size"]) // 2**levels if "sample_size" in vae_config else None
+    if expected is not None and _size(unet_config.get("sample_size", expected)) != expected:
+        raise ModelError(
+            f"{unet_label}: 'sample_size' is {unet_config.get('sample_size')!r} but {vae_label} makes "
+            f"{expected}x{expected} latents ('sample_size' {vae_config['sample_size']} downsampled by "
+            f"{2**levels}); the UNet and the autoencoder come from different models."
+        )
+
+
+class LatentModel(DiffusionModel):
+    """eps(z, t) from a latent ``UNet2DModel``; encode/decode through an ``AutoencoderKL`` or ``VQModel``."""
+
+    kind = "latent"
+
+    def __init__(
+        self,
+        vae: torch.nn.Module,
+        unet: torch.nn.Module,
+        alphas_cumprod: torch.Tensor,
+        *,
+        scaling_factor: float | None = None,
+        prediction_type: str = "epsilon",
+        name: str = "latent-model",
+        manifest: dict | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        kind = type(vae).__name__
+        if kind not in AUTOENCODERS:
+            raise ModelError(f"The autoencoder is a {kind}; supported: {', '.join(AUTOENCODERS)}.")
+        check_latent_configs(dict(vae.config), dict(unet.config), "the autoencoder config", "the UNet config")
+        self.vae = vae.eval().requires_grad_(False).to(device)
+        self.unet = unet.eval().requires_grad_(False).to(device)
+        self.scaling_factor = _scaling(scaling_factor, vae.config)
+        self.alphas_cumprod = alphas_cumprod.to(torch.float64).cpu()
+        self.prediction_type = prediction_type
+        self.name = name
+        self.manifest = manifest
+        self.device = torch.device(device)
+        self.image_shape = (int(vae.config.in_channels), _size(vae.config.sample_size), _size(vae.config.sample_size))
+        self.sample_shape = (int(unet.config.in_channels), _size(unet.config.sample_size), _size(unet.config.sample_size))
+        self._fingerprint: str | None = None
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | Path,
+        *,
+        allow_pickle: bool = False,
+        scaling_factor: float | None = None,
+        **kwargs,
+    ) -> "LatentModel":
+        """Load a folder with ``vae/``, ``unet/`` and ``scheduler/`` (diffusers pipeline layout)."""
+        import diffusers
+
+        folder = Path(folder)
+        vae_dir, unet_dir = folder / "vae", loading.find_component(folder, "unet")
+        if unet_dir is None:
+            raise ModelError(f"{folder} has vae/ but no unet/config.json; a latent model needs both.")
+        vae_config = loading.read_json(vae_dir / "config.json")
+        kind = vae_config.get("_class_name", "AutoencoderKL")
+        if kind not in AUTOENCODERS:
+            raise ModelError(
+                f"{vae_dir / 'config.json'}: field '_class_name' is {kind!r}; supported autoencoders: "
+                f"{', '.join(AUTOENCODERS)}."
+            )
+        unet_config = loading.read_json(unet_dir / "config.json")
+        check_unet_config(unet_config, unet_dir / "config.json")
+        check_latent_configs(vae_config, unet_config, str(vae_dir / "config.json"), str(unet_dir / "config.json"))
+        vae, _ = loading.build_component(getattr(diffusers, kind), vae_dir, allow_pickle=allow_pickle)
+        unet, _ = loading.build_component(diffusers.UNet2DModel, unet_dir, allow_pickle=allow_pickle)
+        sched_path = loading.find_scheduler_config(folder)
+        sched = loading.read_json(sched_path)
+        kwargs.setdefault("name", folder.name)
+        return cls(
+            vae,
+            unet,
+            loading.alphas_cumprod_from_scheduler(sched, sched_path),
+            scaling_factor=scaling_factor,
+            prediction_type=loading.prediction_type(sched, sched_path),
+            **kwargs,
+        )
+
+    def _raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t).sample
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images (N, C, H, W) to scaled latents s * E(x): deterministic, no sampling."""
+        if images.dim() != 4 or tuple(images.shape[1:]) != tuple(self.image_shape):
+            raise ModelError(
+                f"{self.name} encodes images of shape (N, {', '.join(map(str, self.image_shape))}), got "
+                f"{tuple(images.shape)}. Load images with core.data, which converts them to the model's size."
+            )
+        with torch.inference_mode():
+            out = self.vae.encode(images.to(self.device))
+            z = out.latent_dist.mean if hasattr(out, "latent_dist") else out.latents
+            return (self.scaling_factor * z).to(images.device)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents back to [-1, 1] images: the autoencoder's decoder applied to z / s."""
+        with torch.inference_mode():
+            return self.vae.decode(z.to(self.device) / self.scaling_factor).sample.to(z.device)
+
+    @property
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            tensors = {f"vae.{k}": v for k, v in self.vae.state_dict().items()}
+            tensors.update({f"unet.{k}": v for k, v in self.unet.state_dict().items()})
+            config = (dict(self.vae.config), dict(self.unet.config), self.prediction_type,
+                      self.scaling_factor, self.alphas_cumprod.tolist())
+            self._fingerprint = fingerprint_tensors(tensors, config)
+        return self._fingerprint
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.vae.parameters()) + sum(p.numel() for p in self.unet.parameters())
+
+
+def _scaling(override: float | None, config) -> float:
+    value = override if override is not None else config.get("scaling_factor", 1.0)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        source = "The scaling_factor given" if override is not None else "The autoencoder config's 'scaling_factor'"
+        raise ModelError(f"{source} is {value!r}; it must be a positive number (e.g. 0.18215 for Stable Diffusion).")
+    return value

@@ -1,0 +1,496 @@
+"""Training the small demo models from a JSON config: a pixel DDPM, or a beta-VAE + latent DDPM.
+
+``train(config, out_dir)`` trains on the member split of the bundled digits
+(:mod:`core.datasets`) and writes a diffusers folder (safetensors) with a ``manifest.json``
+that records everything needed to audit and re-create the model. Randomness comes from one
+seeded ``torch.Generator`` per phase, and checkpoints hold that generator's state with the
+weights and optimizer state, so a resumed run ends with the same weights as an uninterrupted
+one.
+
+Config keys (missing ones take :data:`DEFAULTS`; an unknown key is an error):
+
+- ``kind``: "pixel", "latent" or "empirical" (no training: the closed-form denoiser over the
+  members, :mod:`core.models.empirical`, rebuilt from the manifest at load time).
+- ``name`` (default: the output folder's name); ``demo`` (one sentence for the model card);
+  ``seed``; ``threads`` (``torch.set_num_threads``; null leaves torch's default).
+- ``data``: ``size`` (side in pixels), ``members``, ``heldout``, ``split_seed``.
+- ``scheduler``: DDPMScheduler fields (T = 1000, linear betas 1e-4..0.02, epsilon).
+- ``unet``: UNet2DModel fields. Its channels and sample size follow from the data (pixel) or
+  the VAE (latent) when left out.
+- ``train``: the DDPM phase: ``steps``, ``batch_size``, ``lr``, ``weight_decay``,
+  ``warmup_steps``, ``schedule`` ("cosine" decay to 0 or "constant"), ``grad_clip``,
+  ``checkpoint_every``.
+- ``vae`` / ``vae_train`` (latent only): AutoencoderKL fields; the VAE phase as ``train`` plus
+  ``beta``, the KL weight. Loss per image: the squared error summed over pixels + beta * KL.
+- ``check``: after training, a SimA audit of members vs held-out (``core.audit.run_audit``:
+  t chosen on the selection half, metrics on the report half); null skips it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from core.errors import SimaError
+
+KINDS = ("pixel", "latent", "empirical")
+_NETWORK_KEYS = ("scheduler", "unet", "train")
+CHECKPOINT_DIR = "checkpoint"
+CONFIG_FILE = "train.json"
+MANIFEST_FILE = "manifest.json"
+
+_PHASE = {
+    "steps": 3000, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 100, "schedule": "cosine",
+    "grad_clip": 1.0, "checkpoint_every": 250,
+}
+
+DEFAULTS: dict[str, Any] = {
+    "kind": "pixel",
+    "name": None,
+    "demo": "",
+    "seed": 0,
+    "threads": None,
+    "data": {"size": 16, "members": 256, "heldout": 500, "split_seed": 0},
+    "scheduler": {
+        "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
+        "beta_schedule": "linear", "prediction_type": "epsilon",
+    },
+    "unet": {
+        "block_out_channels": [32, 64, 64], "layers_per_block": 1, "norm_num_groups": 8,
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D"],
+        "up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+    },
+    "train": dict(_PHASE),
+    "vae": {
+        "block_out_channels": [16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8, "latent_channels": 4,
+        "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
+        "mid_block_add_attention": False,
+    },
+    "vae_train": {**_PHASE, "steps": 1500, "batch_size": 32, "beta": 1e-4},
+    "check": {"attack": "sima", "timesteps": list(range(0, 201, 10)), "seed": 0},
+}
+_LATENT_ONLY = ("vae", "vae_train")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def resolve_config(config: dict) -> dict:
+    """The full config: defaults filled in, derived shapes set, and everything checked."""
+    if not isinstance(config, dict):
+        raise SimaError("A training config is a JSON object; see core.train.DEFAULTS for its keys.")
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise SimaError(f"Unknown training config keys {unknown}; the keys are {sorted(DEFAULTS)}.")
+    kind = config.get("kind", "pixel")
+    if kind not in KINDS:
+        raise SimaError(f"Config 'kind' must be one of {', '.join(KINDS)}, got {kind!r}.")
+    cfg = copy.deepcopy(DEFAULTS)
+    for key, value in copy.deepcopy(config).items():
+        if isinstance(cfg[key], dict) and isinstance(value, dict) and key not in ("unet", "vae"):
+            typos = sorted(set(value) - set(cfg[key])) if key != "scheduler" else []
+            if typos:
+                raise SimaError(f"Unknown keys {typos} in config '{key}'; its keys are {sorted(cfg[key])}.")
+            cfg[key].update(value)
+        else:
+            cfg[key] = value  # architectures are replaced whole: a half-merged one is rarely meant
+    if kind == "empirical":
+        for key in _NETWORK_KEYS + _LATENT_ONLY:
+            cfg.pop(key)
+    elif kind == "pixel":
+        for key in _LATENT_ONLY:
+            cfg.pop(key)
+        _derive(cfg["unet"], "unet", channels=1, size=cfg["data"]["size"])
+    else:
+        _derive(cfg["vae"], "vae", in_channels=1, out_channels=1, sample_size=cfg["data"]["size"])
+        levels = len(cfg["vae"]["block_out_channels"]) - 1
+        if cfg["data"]["size"] % 2**levels:
+            raise SimaError(f"data.size {cfg['data']['size']} is not divisible by the VAE's downsampling {2**levels}.")
+        _derive(cfg["unet"], "unet", channels=cfg["vae"]["latent_channels"], size=cfg["data"]["size"] // 2**levels)
+    return cfg
+
+
+def _derive(section: dict, name: str, *, channels: int | None = None, size: int | None = None, **fields) -> None:
+    """Fill derived fields, refusing a config that sets them to something else."""
+    if channels is not None:
+        fields.update(in_channels=channels, out_channels=channels)
+    if size is not None:
+        fields["sample_size"] = size
+    for field, value in fields.items():
+        given = section.setdefault(field, value)
+        if given != value:
+            raise SimaError(f"Config {name}.{field} is {given!r} but the data and model imply {value}; remove it or fix it.")
+
+
+def _load_config(config: dict | str | Path) -> tuple[dict, Path | None]:
+    if isinstance(config, dict):
+        return config, None
+    path = Path(config)
+    try:
+        return json.loads(path.read_text()), path
+    except FileNotFoundError:
+        raise SimaError(f"{path}: no such training config; give the path of a JSON file.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SimaError(f"{path}: not a readable JSON training config ({exc}).") from None
+
+
+def phase_digests(cfg: dict) -> dict[str, str]:
+    """What each phase's checkpoint must match: the config entries that change its numbers.
+
+    The VAE phase does not depend on the UNet's settings, so changing those keeps a finished VAE.
+    """
+    vae = {key: cfg.get(key) for key in ("kind", "seed", "data", "vae", "vae_train")}
+    unet = {**vae, **{key: cfg.get(key) for key in ("scheduler", "unet", "train")}}
+    return {phase: hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
+            for phase, part in (("vae", vae), ("unet", unet))}
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class Checkpoints:
+    """Per-phase weights, optimizer state, generator state and step in ``folder``."""
+
+    def __init__(self, folder: Path, digests: dict[str, str]):
+        self.folder, self.digests = folder, digests
+
+    def _state_path(self) -> Path:
+        return self.folder / "progress.json"
+
+    def progress(self) -> dict:
+        """{"phases": {phase: {"step", "digest"}}, "wall_time_s"}; refuses another config's checkpoint."""
+        path = self._state_path()
+        if not path.is_file():
+            return {"phases": {}, "wall_time_s": 0.0}
+        state = json.loads(path.read_text())
+        for phase, saved in state["phases"].items():
+            if saved["digest"] != self.digests[phase]:
+                raise SimaError(
+                    f"{self.folder} holds a {phase} checkpoint of a different training config; delete that "
+                    "folder or train with resume=False to start again."
+                )
+        return state
+
+    def save(self, phase: str, module: torch.nn.Module, opt: torch.optim.Optimizer, gen: torch.Generator,
+             step: int, wall_time_s: float, loss: float) -> None:
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+        _atomic(self.folder / f"{phase}.safetensors", lambda p: save_file(weights, str(p)))
+        extra = {"optimizer": opt.state_dict(), "generator": gen.get_state(), "step": step, "loss": loss}
+        _atomic(self.folder / f"{phase}.state.pt", lambda p: torch.save(extra, p))
+        state = self.progress()
+        state["phases"][phase] = {"step": step, "digest": self.digests[phase]}
+        state["wall_time_s"] = wall_time_s
+        _atomic(self._state_path(), lambda p: p.write_text(json.dumps(state)))
+
+    def restore(self, phase: str, module: torch.nn.Module, opt: torch.optim.Optimizer,
+                gen: torch.Generator) -> tuple[int, float]:
+        """Load the phase's latest checkpoint into the objects; returns its step (0 if none) and loss."""
+        from safetensors.torch import load_file
+
+        if phase not in self.progress()["phases"]:
+            return 0, math.nan
+        module.load_state_dict(load_file(str(self.folder / f"{phase}.safetensors")), strict=True)
+        extra = torch.load(self.folder / f"{phase}.state.pt", weights_only=True)
+        opt.load_state_dict(extra["optimizer"])
+        gen.set_state(extra["generator"])
+        return int(extra["step"]), float(extra["loss"])
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via a temporary file so an interrupted save never leaves a half-written checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- loops
+
+
+def _fit(phase: str, module: torch.nn.Module, loss_fn: Callable, settings: dict, seed: int,
+         ckpt: Checkpoints, clock: Callable[[], float], progress: bool) -> float:
+    """Optimise ``module`` with AdamW for ``settings['steps']`` steps.
+
+    Returns the mean loss over the last checkpoint interval (one batch alone is too noisy).
+    """
+    from tqdm import tqdm
+
+    from core.hashing import seed_for
+
+    gen = torch.Generator().manual_seed(seed_for((seed, phase)))
+    opt = torch.optim.AdamW(module.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"])
+    step, interval_loss = ckpt.restore(phase, module, opt, gen)
+    steps, every = settings["steps"], max(1, settings["checkpoint_every"])
+    module.train()
+    losses: list[float] = []
+    with tqdm(total=steps, initial=step, desc=phase, file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
+        while step < steps:
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(settings, step)
+            loss = loss_fn(module, gen, settings["batch_size"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), settings["grad_clip"])
+            opt.step()
+            step += 1
+            losses.append(float(loss.detach()))
+            if step % every == 0 or step == steps:
+                interval_loss = sum(losses) / len(losses)
+                ckpt.save(phase, module, opt, gen, step, clock(), interval_loss)
+                losses.clear()
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1] if losses else interval_loss:.4f}", refresh=False)
+    module.eval()
+    return interval_loss
+
+
+def learning_rate(settings: dict, step: int) -> float:
+    """Linear warm-up (large early AdamW updates destabilise training), then constant or cosine decay to 0."""
+    warmup = max(1, settings["warmup_steps"])
+    if step < warmup:
+        return settings["lr"] * (step + 1) / warmup
+    if settings["schedule"] == "cosine":
+        progress = (step - warmup) / max(1, settings["steps"] - warmup)
+        return settings["lr"] * 0.5 * (1 + math.cos(math.pi * progress))
+    return settings["lr"]
+
+
+def _ddpm_loss(data: torch.Tensor, abar: torch.Tensor) -> Callable:
+    """MSE between the true and predicted noise at a uniform random timestep (epsilon prediction)."""
+
+    def loss(unet, gen, batch_size):
+        x0 = data[torch.randint(len(data), (batch_size,), generator=gen)]
+        t = torch.randint(len(abar), (batch_size,), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        a = abar[t].view(-1, 1, 1, 1)
+        return F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * eps, t).sample, eps)
+
+    return loss
+
+
+def _vae_loss(data: torch.Tensor, beta: float) -> Callable:
+    """beta-VAE loss per image: summed squared reconstruction error + beta * KL(q(z|x) || N(0, I))."""
+
+    def loss(vae, gen, batch_size):
+        x = data[torch.randint(len(data), (batch_size,), generator=gen)]
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        return (recon - x).pow(2).flatten(1).sum(1).mean() + beta * posterior.kl().mean()
+
+    return loss
+
+
+def posterior_means(vae: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Unscaled posterior means E[z | x] of a VAE, computed in batches."""
+    with torch.no_grad():
+        return torch.cat([vae.encode(images[i:i + batch_size]).latent_dist.mean for i in range(0, len(images), batch_size)])
+
+
+# ----------------------------------------------------------------------------- the entry point
+
+
+def train(config: dict | str | Path, out_dir: str | Path | None = None, *, progress: bool = True, resume: bool = True) -> Path:
+    """Train the model a config describes and save it, with its manifest, into ``out_dir``.
+
+    ``out_dir`` defaults to the config file's folder (so ``sima train
+    assets/models/NAME/train.json`` re-creates that demo). A checkpoint left in
+    ``out_dir/checkpoint`` by an interrupted run is resumed unless ``resume=False``; it is
+    deleted once the model is saved. Returns the model folder.
+    """
+    from core import datasets
+
+    raw, source = _load_config(config)
+    cfg = resolve_config(raw)
+    if out_dir is None:
+        if source is None:
+            raise SimaError("Give out_dir: the folder to save the trained model in.")
+        out_dir = source.parent
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg["threads"]:
+        torch.set_num_threads(int(cfg["threads"]))
+    ckpt = Checkpoints(out / CHECKPOINT_DIR, phase_digests(cfg))
+    if not resume and ckpt.folder.exists():
+        shutil.rmtree(ckpt.folder)
+    done_before = ckpt.progress()["wall_time_s"]
+    started = time.perf_counter()
+
+    def clock() -> float:
+        """Training wall time so far, including the runs this one resumes."""
+        return done_before + time.perf_counter() - started
+
+    data = cfg["data"]
+    split = datasets.digits_split(data["members"], n_heldout=data["heldout"], seed=data["split_seed"])
+    record = datasets.dataset_record(data["size"], data["members"], data["heldout"], data["split_seed"])
+    summary: dict[str, Any] = {}
+    if cfg["kind"] != "empirical":  # the empirical denoiser is rebuilt from the member ids at load time
+        members = datasets.digits_by_ids(split.member_ids, data["size"])
+        _save_folder(out, *_train_networks(cfg, members, ckpt, clock, progress, summary))
+    wall = clock()
+    if source is None or source.resolve() != (out / CONFIG_FILE).resolve():
+        (out / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+    manifest = _manifest(cfg, out, record, split, wall, summary)
+    _write_manifest(out, manifest)
+    model = _load(out)
+    manifest["parameters"] = model.parameter_count()
+    manifest["fingerprint"] = model.fingerprint
+    if model.is_latent:
+        manifest["scaling_factor"] = model.scaling_factor
+        manifest["vae_reconstruction_mse"] = _reconstruction(model, record, split)
+    if cfg["check"]:
+        manifest["check"] = run_check(model, record, split, cfg["check"])
+    _write_manifest(out, manifest)
+    if ckpt.folder.exists():
+        shutil.rmtree(ckpt.folder)
+    return out
+
+
+def _train_networks(cfg: dict, members: torch.Tensor, ckpt: Checkpoints, clock: Callable[[], float],
+                    progress: bool, summary: dict) -> tuple:
+    """(unet, scheduler, vae or None) trained on the members; final losses go into ``summary``."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
+
+    scheduler = DDPMScheduler(**cfg["scheduler"])
+    seed, vae, data_space = int(cfg["seed"]), None, members
+    if cfg["kind"] == "latent":
+        torch.manual_seed(seed_for_init(seed, "vae"))
+        vae = _build(AutoencoderKL, cfg["vae"], "vae")
+        summary["vae_final_loss"] = _fit("vae", vae, _vae_loss(members, float(cfg["vae_train"]["beta"])),
+                                         cfg["vae_train"], seed, ckpt, clock, progress)
+        means = posterior_means(vae, members)
+        scale = float(1.0 / means.to(torch.float64).std())  # unit-variance latents, as LDMs use
+        vae.register_to_config(scaling_factor=scale)
+        data_space = (scale * means).to(torch.float32)
+    torch.manual_seed(seed_for_init(seed, "unet"))
+    unet = _build(UNet2DModel, cfg["unet"], "unet")
+    loss = _ddpm_loss(data_space, scheduler.alphas_cumprod.to(torch.float32))
+    summary["unet_final_loss"] = _fit("unet", unet, loss, cfg["train"], seed, ckpt, clock, progress)
+    return unet, scheduler, vae
+
+
+def seed_for_init(seed: int, phase: str) -> int:
+    """The global seed set before building a network, so its initial weights are reproducible."""
+    from core.hashing import seed_for
+
+    return seed_for((seed, phase, "init"))
+
+
+def _build(cls: Any, fields: dict, name: str) -> torch.nn.Module:
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError) as exc:
+        raise SimaError(f"Config '{name}' is not a valid {cls.__name__}: {exc}") from None
+
+
+def _save_folder(out: Path, unet, scheduler, vae) -> None:
+    if vae is None:
+        from diffusers import DDPMPipeline
+
+        # model_index.json too, so diffusers' own DDPMPipeline can sample from the folder
+        DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(out, safe_serialization=True)
+        return
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    scheduler.save_pretrained(out / "scheduler")
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+
+
+def _load(out: Path):
+    from core.models.registry import load_folder
+
+    return load_folder(out)
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _manifest(cfg: dict, out: Path, record: dict, split, wall: float, summary: dict) -> dict:
+    steps = {phase: cfg[key]["steps"] for phase, key in (("unet", "train"), ("vae", "vae_train")) if key in cfg}
+    return {
+        "format": "sima-model-manifest",
+        "version": 1,
+        "name": cfg["name"] or out.name,
+        "kind": cfg["kind"],
+        "demo": cfg["demo"],
+        "dataset": record,
+        "preprocessing": record["preprocessing"],
+        "member_ids": split.member_ids,
+        "heldout_ids": split.heldout_ids,
+        "seed": cfg["seed"],
+        "steps": steps,
+        "wall_time_s": round(wall, 1),
+        "threads": torch.get_num_threads(),
+        "training": {k: round(v, 6) for k, v in summary.items()},
+        "config": cfg,
+        "packages": package_versions(),
+    }
+
+
+def package_versions() -> dict[str, str]:
+    import diffusers
+    import numpy
+    import PIL
+    import safetensors
+    import sklearn
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "scikit-learn": sklearn.__version__, "numpy": numpy.__version__, "safetensors": safetensors.__version__,
+        "pillow": PIL.__version__,
+    }
+
+
+def _reconstruction(model, record: dict, split) -> dict:
+    """Mean squared reconstruction error (per pixel, [-1, 1] scale) of the VAE on each split."""
+    from core import datasets
+
+    out = {}
+    for which, ids in (("members", split.member_ids), ("heldout", split.heldout_ids)):
+        images = datasets.digits_by_ids(ids, record["size"])
+        with torch.no_grad():
+            out[which] = round(float((model.decode(model.encode(images)) - images).pow(2).mean()), 6)
+    return out
+
+
+def run_check(model, record: dict, split, check: dict) -> dict:
+    """A SimA audit of members vs held-out by the protocol of ``core.audit.run_audit``."""
+    from core import datasets
+    from core.attacks.sima import SimA
+    from core.audit import run_audit
+
+    if check.get("attack", "sima") != "sima":
+        raise SimaError("The training check runs SimA only; set check.attack to 'sima' or check to null.")
+    members = datasets.digits_by_ids(split.member_ids, record["size"])
+    heldout = datasets.digits_by_ids(split.heldout_ids, record["size"])
+    seed = int(check.get("seed", 0))
+    result = run_audit(model, members, heldout, attack=SimA(), timesteps=check["timesteps"], seed=seed)
+    m = result.metrics.to_dict()
+    return {
+        "attack": "sima",
+        "p": 4,
+        "protocol": "core.audit.run_audit: t chosen by AUC on the selection half, metrics on the report half",
+        "seed": seed,
+        "timesteps": result.timesteps,
+        "t": result.chosen_t,
+        "auc": m["auc"]["value"],
+        "auc_ci": [m["auc"]["ci_low"], m["auc"]["ci_high"]],
+        "tpr_at_1pct_fpr": m["tpr_at_1pct_fpr"]["value"],
+        "tpr_at_1pct_fpr_ci": [m["tpr_at_1pct_fpr"]["ci_low"], m["tpr_at_1pct_fpr"]["ci_high"]],
+        "realised_fpr": m["tpr_at_1pct_fpr"]["realised_fpr"],
+        "per_t": result.per_t,
+        "wall_time_s": round(result.wall_time_s, 1),
+    }
