@@ -18,10 +18,13 @@ Member sets of different sizes are therefore nested and always disjoint from the
 
 from __future__ import annotations
 
+import csv
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from core.data import SplitManifest, images_from_array
 from core.errors import DataError
@@ -31,7 +34,6 @@ N_IMAGES = 1797
 SPLIT_SEED = 0
 N_HELDOUT = 500
 MEMORISING_MEMBERS = 256
-GENERALISING_MEMBERS = 900
 
 PREPROCESSING = (
     "sklearn.datasets.load_digits 8x8 counts v in 0..16 -> uint8 round(v * 255 / 16) -> "
@@ -169,17 +171,12 @@ def demo_sets(model) -> tuple[torch.Tensor, list[str], torch.Tensor, list[str]]:
     return members, member_ids, heldout, heldout_ids
 
 
-def write_examples(folder, manifest: dict, model: str, *, per_side: int = 8) -> list[dict]:
+def write_examples(folder: str | Path, manifest: dict, model: str, *, per_side: int = 8) -> list[dict]:
     """Save the first ``per_side`` members and held-out digits of a demo model as PNG files.
 
     Writes ``examples.csv`` (file, id, label, model) beside them and returns its rows. The PNGs
     hold the exact uint8 pictures, so loading one through ``core.data`` gives the training tensor.
     """
-    import csv
-    from pathlib import Path
-
-    from PIL import Image
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     size = int(manifest["dataset"]["size"])
@@ -189,7 +186,7 @@ def write_examples(folder, manifest: dict, model: str, *, per_side: int = 8) -> 
     for label, key in (("member", "member_ids"), ("heldout", "heldout_ids")):
         for image_id in manifest[key][:per_side]:
             name = f"{label}-{image_id}.png"
-            Image.fromarray(pictures[position[image_id]], mode="L").save(folder / name)
+            Image.fromarray(pictures[position[image_id]]).save(folder / name)
             rows.append({"file": name, "id": image_id, "label": label, "model": model})
     with open(folder / "examples.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["file", "id", "label", "model"])

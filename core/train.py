@@ -311,8 +311,6 @@ def train(config: dict | str | Path, out_dir: str | Path | None = None, *, progr
     ``out_dir/checkpoint`` by an interrupted run is resumed unless ``resume=False``; it is
     deleted once the model is saved. Returns the model folder.
     """
-    from core import datasets
-
     raw, source = _load_config(config)
     cfg = resolve_config(raw)
     if out_dir is None:
@@ -321,8 +319,18 @@ def train(config: dict | str | Path, out_dir: str | Path | None = None, *, progr
         out_dir = source.parent
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg["threads"]:
-        torch.set_num_threads(int(cfg["threads"]))
+    threads = torch.get_num_threads()
+    try:
+        if cfg["threads"]:
+            torch.set_num_threads(int(cfg["threads"]))
+        return _train(cfg, source, out, progress=progress, resume=resume)
+    finally:
+        torch.set_num_threads(threads)  # the caller's process keeps its own setting
+
+
+def _train(cfg: dict, source: Path | None, out: Path, *, progress: bool, resume: bool) -> Path:
+    from core import datasets
+
     ckpt = Checkpoints(out / CHECKPOINT_DIR, phase_digests(cfg))
     if not resume and ckpt.folder.exists():
         shutil.rmtree(ckpt.folder)
@@ -367,7 +375,7 @@ def _train_networks(cfg: dict, members: torch.Tensor, ckpt: Checkpoints, clock: 
     scheduler = DDPMScheduler(**cfg["scheduler"])
     seed, vae, data_space = int(cfg["seed"]), None, members
     if cfg["kind"] == "latent":
-        torch.manual_seed(seed_for_init(seed, "vae"))
+        torch.manual_seed(_seed_for_init(seed, "vae"))
         vae = _build(AutoencoderKL, cfg["vae"], "vae")
         summary["vae_final_loss"] = _fit("vae", vae, _vae_loss(members, float(cfg["vae_train"]["beta"])),
                                          cfg["vae_train"], seed, ckpt, clock, progress)
@@ -375,14 +383,14 @@ def _train_networks(cfg: dict, members: torch.Tensor, ckpt: Checkpoints, clock: 
         scale = float(1.0 / means.to(torch.float64).std())  # unit-variance latents, as LDMs use
         vae.register_to_config(scaling_factor=scale)
         data_space = (scale * means).to(torch.float32)
-    torch.manual_seed(seed_for_init(seed, "unet"))
+    torch.manual_seed(_seed_for_init(seed, "unet"))
     unet = _build(UNet2DModel, cfg["unet"], "unet")
     loss = _ddpm_loss(data_space, scheduler.alphas_cumprod.to(torch.float32))
     summary["unet_final_loss"] = _fit("unet", unet, loss, cfg["train"], seed, ckpt, clock, progress)
     return unet, scheduler, vae
 
 
-def seed_for_init(seed: int, phase: str) -> int:
+def _seed_for_init(seed: int, phase: str) -> int:
     """The global seed set before building a network, so its initial weights are reproducible."""
     from core.hashing import seed_for
 

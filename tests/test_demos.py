@@ -1,0 +1,139 @@
+"""The bundled demos: offline loading, fingerprints, the fixed split, recorded audits, example images."""
+
+import csv
+import json
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+import torch
+from PIL import Image
+
+from core import DataError, datasets, demo_names, load_model
+from core.attacks import SimA
+from core.audit import run_audit
+from core.data import load_image
+from core.models.registry import DEMO_DIR
+
+EXPECTED = {
+    "digits-ddpm-memorising": "pixel",
+    "digits-ddpm-generalising": "pixel",
+    "digits-ldm-beta-low": "latent",
+    "digits-ldm-beta-high": "latent",
+    "digits-empirical": "empirical",
+}
+EXAMPLES = DEMO_DIR.parent / "examples"
+MB = 1024 * 1024
+
+
+def manifest(name):
+    return json.loads((DEMO_DIR / name / "manifest.json").read_text())
+
+
+def folder_bytes(path):
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: load_model(name) for name in EXPECTED}
+
+
+def test_every_demo_is_bundled_and_small():
+    assert set(EXPECTED) <= set(demo_names())
+    sizes = {name: folder_bytes(DEMO_DIR / name) for name in EXPECTED}
+    assert all(size <= 10 * MB for size in sizes.values()), sizes
+    assert folder_bytes(DEMO_DIR) <= 40 * MB
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_a_demo_loads_offline_with_the_fingerprint_of_its_manifest(models, name):
+    model, recorded = models[name], manifest(name)
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert model.kind == EXPECTED[name] == recorded["kind"]
+    assert model.fingerprint == recorded["fingerprint"]
+    assert model.image_shape == (1, 16, 16)
+
+
+def test_the_demo_split_is_fixed_nested_and_disjoint():
+    small, large = datasets.digits_split(256), datasets.digits_split(900)
+    assert small == datasets.digits_split(256)  # reproducible
+    assert small.heldout_ids == large.heldout_ids and len(small.heldout_ids) == 500
+    assert set(small.member_ids) < set(large.member_ids)
+    assert not set(large.member_ids) & set(large.heldout_ids)
+    for name in EXPECTED:
+        recorded = manifest(name)
+        expected = datasets.digits_split(len(recorded["member_ids"]))
+        assert recorded["member_ids"] == expected.member_ids and recorded["heldout_ids"] == expected.heldout_ids
+    same_members = [manifest(n)["member_ids"] for n in EXPECTED if n != "digits-ddpm-generalising"]
+    assert all(ids == same_members[0] for ids in same_members)
+
+
+def test_demo_images_are_exact_uint8_pictures():
+    images, ids = datasets.digits_images(16)
+    assert images.shape == (1797, 1, 16, 16) and len(set(ids)) == 1797
+    pictures = torch.from_numpy(datasets.digits_uint8(16)).unsqueeze(1)
+    assert torch.equal(images, 2 * (pictures.float() / 255) - 1)  # the float32 steps core.data takes
+
+
+def test_demo_sets_follow_the_manifest_and_need_one(models):
+    members, member_ids, heldout, heldout_ids = datasets.demo_sets(models["digits-ddpm-memorising"])
+    assert len(members) == len(member_ids) == 256 and len(heldout) == len(heldout_ids) == 500
+    assert torch.equal(members, datasets.digits_by_ids(member_ids))
+    with pytest.raises(DataError, match="manifest"):
+        datasets.demo_sets(type("Model", (), {"manifest": None, "name": "uploaded"})())
+    with pytest.raises(DataError, match="only 'sklearn-digits'"):
+        datasets.split_images({"dataset": {"name": "cifar10"}, "member_ids": ["a"]}, "members")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_a_short_audit_reproduces_the_recorded_auc(models, name):
+    check = manifest(name)["check"]
+    model = models[name]
+    t = check["t"]
+    grid = sorted({max(0, t - 10), t, min(model.num_train_timesteps - 1, t + 10)})
+    if name != "digits-ddpm-memorising":
+        grid = [t]  # one timestep is enough to compare; the memorising demo also shows its neighbours
+    members, member_ids, heldout, heldout_ids = datasets.demo_sets(model)
+    result = run_audit(model, members, heldout, attack=SimA(), timesteps=grid, seed=check["seed"], n_bootstrap=0,
+                       member_ids=member_ids, nonmember_ids=heldout_ids)
+    auc = next(row["auc"] for row in result.per_t if row["t"] == t)
+    low, high = check["auc_ci"]
+    assert low <= auc <= high
+    assert auc == pytest.approx(check["auc"], abs=0.005)
+
+
+def test_the_memorising_demo_meets_its_targets():
+    check = manifest("digits-ddpm-memorising")["check"]
+    assert check["auc"] >= 0.95 and check["tpr_at_1pct_fpr"] >= 0.5
+    general = manifest("digits-ddpm-generalising")["check"]
+    assert 0.6 < general["auc"] < check["auc"]
+
+
+def test_example_pngs_reload_to_the_training_tensors():
+    with open(EXAMPLES / "examples.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    recorded = manifest("digits-ddpm-memorising")
+    labels = [row["label"] for row in rows]
+    assert labels.count("member") >= 6 and labels.count("heldout") >= 6
+    for row in rows:
+        assert row["model"] == "digits-ddpm-memorising"
+        side = recorded["member_ids"] if row["label"] == "member" else recorded["heldout_ids"]
+        assert row["id"] in side
+        tensor, notes = load_image(EXAMPLES / row["file"], channels=1, size=16)
+        assert notes == []
+        assert torch.equal(tensor, datasets.digits_by_ids([row["id"]])[0])
+        with Image.open(EXAMPLES / row["file"]) as png:
+            assert png.mode == "L" and png.size == (16, 16)
+
+
+def test_examples_are_rebuilt_identically(tmp_path):
+    rows = datasets.write_examples(tmp_path, manifest("digits-ddpm-memorising"), "digits-ddpm-memorising", per_side=2)
+    with open(EXAMPLES / "examples.csv", newline="") as handle:
+        committed = {row["file"]: row for row in csv.DictReader(handle)}
+    assert len(rows) == 4
+    for row in rows:
+        assert committed[row["file"]] == row
+        with Image.open(tmp_path / row["file"]) as new, Image.open(EXAMPLES / row["file"]) as old:
+            assert new.tobytes() == old.tobytes()

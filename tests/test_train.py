@@ -1,0 +1,183 @@
+"""core.train: tiny runs of each kind, resumable checkpoints, the manifest, the config rules."""
+
+import json
+import math
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from core import SimaError, datasets, load_model
+from core import train as training
+from core.models.latent import LatentModel
+from core.models.pixel import PixelModel
+
+TINY_UNET = {
+    "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 4,
+    "down_block_types": ["DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D"],
+}
+TINY_VAE = {
+    "block_out_channels": [8, 8], "layers_per_block": 1, "norm_num_groups": 4, "latent_channels": 2,
+    "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
+    "mid_block_add_attention": False,
+}
+# One thread: on a busy machine, two threads make these tiny steps ten times slower.
+PHASE = {"steps": 20, "batch_size": 8, "checkpoint_every": 10, "warmup_steps": 5}
+
+
+def pixel_config(**extra):
+    return {"kind": "pixel", "data": {"size": 8, "members": 24, "heldout": 24}, "unet": TINY_UNET,
+            "train": dict(PHASE), "check": None, "threads": 1, **extra}
+
+
+def latent_config(**extra):
+    return {"kind": "latent", "data": {"size": 8, "members": 24, "heldout": 24}, "unet": TINY_UNET,
+            "vae": TINY_VAE, "vae_train": {**PHASE, "beta": 1e-3}, "train": dict(PHASE), "check": None, "threads": 1,
+            **extra}
+
+
+def weights(folder, component="unet"):
+    return load_file(str(folder / component / "diffusion_pytorch_model.safetensors"))
+
+
+def test_a_pixel_run_saves_a_folder_that_loads_with_a_matching_manifest(tmp_path):
+    out = training.train(pixel_config(name="tiny", check={"timesteps": [0, 20], "seed": 0}), tmp_path / "m", progress=False)
+    model = load_model(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert isinstance(model, PixelModel) and model.image_shape == (1, 8, 8)
+    assert manifest["fingerprint"] == model.fingerprint
+    assert manifest["kind"] == "pixel" and manifest["steps"] == {"unet": 20}
+    split = datasets.digits_split(24, n_heldout=24)
+    assert manifest["member_ids"] == split.member_ids and manifest["heldout_ids"] == split.heldout_ids
+    assert manifest["config"] == training.resolve_config(pixel_config(name="tiny", check={"timesteps": [0, 20], "seed": 0}))
+    assert manifest["wall_time_s"] > 0 and "torch" in manifest["packages"]
+    assert manifest["check"]["t"] in (0, 20) and 0 <= manifest["check"]["auc"] <= 1
+    assert json.loads((out / "train.json").read_text()) == manifest["config"]
+    assert not (out / "checkpoint").exists()
+    assert model.training_set_size() == 24
+
+
+def test_a_latent_run_stores_the_scaling_that_whitens_the_member_latents(tmp_path):
+    out = training.train(latent_config(), tmp_path / "ldm", progress=False)
+    model = load_model(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert isinstance(model, LatentModel) and model.sample_shape == (2, 4, 4)
+    assert manifest["fingerprint"] == model.fingerprint
+    assert manifest["steps"] == {"unet": 20, "vae": 20}
+    members, _ = datasets.demo_sets(model)[:2]
+    with torch.no_grad():
+        means = model.vae.encode(members).latent_dist.mean.to(torch.float64)
+    assert math.isclose(model.scaling_factor, 1 / float(means.std()), rel_tol=1e-6)
+    assert json.loads((out / "vae" / "config.json").read_text())["scaling_factor"] == model.scaling_factor
+    assert math.isclose(float(model.encode(members).to(torch.float64).std()), 1.0, rel_tol=1e-5)
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_after_checkpoint(monkeypatch, phase, step):
+    """Make the run die right after saving the checkpoint of ``phase`` at ``step``."""
+    save = training.Checkpoints.save
+
+    def save_then_crash(self, name, module, opt, gen, at, wall, loss):
+        save(self, name, module, opt, gen, at, wall, loss)
+        if (name, at) == (phase, step):
+            raise Crash
+
+    monkeypatch.setattr(training.Checkpoints, "save", save_then_crash)
+
+
+@pytest.mark.parametrize("config, crashes", [(pixel_config, ["unet"]), (latent_config, ["vae", "unet"])])
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch, config, crashes):
+    whole = training.train(config(), tmp_path / "whole", progress=False)
+    for phase in crashes:  # the latent run dies once in each phase
+        with monkeypatch.context() as patch:
+            crash_after_checkpoint(patch, phase, 10)
+            with pytest.raises(Crash):
+                training.train(config(), tmp_path / "resumed", progress=False)
+        progress = json.loads((tmp_path / "resumed" / "checkpoint" / "progress.json").read_text())
+        assert progress["phases"][phase]["step"] == 10
+    resumed = training.train(config(), tmp_path / "resumed", progress=False)
+    for component in ("unet", "vae") if config is latent_config else ("unet",):
+        a, b = weights(whole, component), weights(resumed, component)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_model(whole).fingerprint == load_model(resumed).fingerprint
+    recorded = [json.loads((folder / "manifest.json").read_text())["training"] for folder in (whole, resumed)]
+    assert recorded[0] == recorded[1] and all(math.isfinite(v) for v in recorded[0].values())
+
+
+def test_resume_false_starts_again_and_a_checkpoint_of_another_config_is_refused(tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        crash_after_checkpoint(patch, "unet", 10)
+        with pytest.raises(Crash):
+            training.train(pixel_config(), tmp_path / "m", progress=False)
+    other = pixel_config(seed=1)
+    with pytest.raises(SimaError, match="different training config"):
+        training.train(other, tmp_path / "m", progress=False)
+    out = training.train(other, tmp_path / "m", progress=False, resume=False)
+    fresh = training.train(other, tmp_path / "fresh", progress=False)
+    assert load_model(out).fingerprint == load_model(fresh).fingerprint
+
+
+def test_the_default_output_folder_is_the_config_files_folder(tmp_path):
+    path = tmp_path / "demo" / "train.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(pixel_config(train={**PHASE, "steps": 2})))
+    assert training.train(path, progress=False) == path.parent
+    assert (path.parent / "manifest.json").is_file()
+    assert json.loads(path.read_text()) == pixel_config(train={**PHASE, "steps": 2})  # the user's file is untouched
+
+
+def test_the_ddpm_loss_vanishes_for_the_exact_noise_predictor():
+    # With one training image y, the true noise is recoverable from x_t:
+    # eps = (x_t - sqrt(abar_t) y) / sqrt(1 - abar_t). A loss that noises differently is not ~0.
+    y = torch.rand(1, 1, 8, 8) * 2 - 1
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x, t):
+            a = abar[t].view(-1, 1, 1, 1)
+            return type("Out", (), {"sample": (x - a.sqrt() * y) / (1 - a).sqrt()})
+
+    loss = training._ddpm_loss(y, abar)(Oracle(), torch.Generator().manual_seed(0), 64)
+    assert float(loss) < 1e-8
+
+
+def test_learning_rate_warms_up_linearly_then_follows_a_cosine_to_zero():
+    settings = {"lr": 1.0, "warmup_steps": 10, "steps": 110, "schedule": "cosine"}
+    assert training.learning_rate(settings, 0) == pytest.approx(0.1)
+    assert training.learning_rate(settings, 9) == pytest.approx(1.0)
+    assert training.learning_rate(settings, 10) == pytest.approx(1.0)
+    assert training.learning_rate(settings, 60) == pytest.approx(0.5)
+    assert training.learning_rate(settings, 109) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.99)))
+    assert training.learning_rate({**settings, "schedule": "constant"}, 100) == 1.0
+
+
+def test_config_mistakes_are_explained():
+    with pytest.raises(SimaError, match="Unknown training config keys"):
+        training.resolve_config({"kind": "pixel", "epochs": 3})
+    with pytest.raises(SimaError, match=r"Unknown keys \['step'\] in config 'train'"):
+        training.resolve_config({"kind": "pixel", "train": {"step": 5}})
+    with pytest.raises(SimaError, match="kind"):
+        training.resolve_config({"kind": "gan"})
+    with pytest.raises(SimaError, match="unet.in_channels"):
+        training.resolve_config({"kind": "pixel", "unet": {**TINY_UNET, "in_channels": 3}})
+    with pytest.raises(SimaError, match="out_dir"):
+        training.train(pixel_config())
+    with pytest.raises(SimaError, match="no such training config"):
+        training.train("/nonexistent/train.json")
+
+
+def test_only_the_phases_a_change_affects_must_restart():
+    base = training.resolve_config(latent_config())
+    longer_unet = training.resolve_config(latent_config(train={**PHASE, "steps": 40}))
+    other_beta = training.resolve_config(latent_config(vae_train={**PHASE, "beta": 1.0}))
+    renamed = training.resolve_config(latent_config(name="other", demo="text"))
+    digests = training.phase_digests
+    assert digests(longer_unet)["vae"] == digests(base)["vae"] and digests(longer_unet)["unet"] != digests(base)["unet"]
+    assert all(digests(other_beta)[p] != digests(base)[p] for p in ("vae", "unet"))
+    assert digests(renamed) == digests(base)
