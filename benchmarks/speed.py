@@ -24,7 +24,7 @@ from common import RESULTS, describe_machine, machine, replace_section
 
 from core import demo_names, load_model  # noqa: E402
 from core.attacks import SimA, get_attack  # noqa: E402
-from core.batching import measure  # noqa: E402
+from core.batching import best_settings, measure, torch_threads  # noqa: E402
 from core.cache import ScoreCache  # noqa: E402
 from core.models.pixel import PixelModel  # noqa: E402
 
@@ -60,6 +60,14 @@ def naive_loop(model, x0, grid, batch_size) -> float:
 
 
 def bench_model(model, n: int, grid: list[int], baselines: list[str], candidates) -> dict:
+    """Every figure for one model, all at the thread count the calibration found fastest."""
+    threads = best_settings(model)[1]
+    with torch_threads(threads):
+        row = _bench_model(model, n, grid, baselines, candidates)
+    return {**row, "threads": threads}
+
+
+def _bench_model(model, n: int, grid: list[int], baselines: list[str], candidates) -> dict:
     rates = measure(model, candidates=candidates, repeats=2)
     best = max(rates, key=rates.get)
     x0 = torch.rand(n, *model.sample_shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -173,13 +181,13 @@ def markdown(result: dict, quick: bool) -> str:
         "Images per second count (image, timestep) evaluations; the sweep packs mixed timesteps into batches of the "
         "size the calibration measured fastest.",
         "",
-        "| model | params | best batch | bare forward img/s | SimA sweep img/s | sweep / bare | naive loop img/s | cached rerun speed-up | baselines: time / SimA |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | params | threads | best batch | bare forward img/s | SimA sweep img/s | sweep / bare | naive loop img/s | cached rerun speed-up | baselines: time / SimA |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["models"]:
         rel = ", ".join(f"{k} {v}x" for k, v in r["baseline_time_over_sima"].items())
         lines.append(
-            f"| {r['model']} | {r['parameters']:,} | {r['best_batch_size']} | {r['bare_forward_images_per_s']} | "
+            f"| {r['model']} | {r['parameters']:,} | {r['threads']} | {r['best_batch_size']} | {r['bare_forward_images_per_s']} | "
             f"{r['sima_sweep_images_per_s']} | {r['sima_over_bare']} | {r['naive_loop_images_per_s']} | "
             f"{r['cached_rerun_speedup']}x | {rel} |")
     lines += ["", f"Peak resident memory of the whole run: {result['peak_memory_mb']} MB.", "",

@@ -8,7 +8,7 @@ import torch
 import core
 from core.attacks import SimA, SimAMC
 from core.audit import run_audit
-from core.batching import best_batch_size, measure
+from core.batching import best_batch_size, best_settings, measure, torch_threads
 from core.cache import ScoreCache
 
 
@@ -114,6 +114,14 @@ def test_concurrent_sessions_get_what_each_would_get_alone(model, tmp_path):
 def test_batch_size_calibration_is_measured_once(model):
     rates = measure(model, candidates=(2, 4), repeats=1)
     assert set(rates) == {2, 4} and all(r > 0 for r in rates.values())
-    size = best_batch_size(model)
+    size, threads = best_settings(model)
+    assert size in (8, 16, 32, 64, 128) and 1 <= threads <= torch.get_num_threads()
     counter = Counter(model)
     assert best_batch_size(model) == size and counter.samples == 0
+
+
+def test_thread_setting_is_restored():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

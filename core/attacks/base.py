@@ -129,7 +129,7 @@ class Attack(abc.ABC):
         finished batch is stored at once, so an interrupted sweep resumes where it stopped.
         ``progress(done, total)`` is called after each batch with counts of pairs.
         """
-        from core.batching import best_batch_size
+        from core.batching import best_settings, torch_threads
         from core.cache import ANY_T, attack_key
 
         n, steps = x0.shape[0], [int(s) for s in timesteps]
@@ -160,20 +160,23 @@ class Attack(abc.ABC):
         if progress is not None:
             progress(done, total)
         cost = max(1, max(self.queries_per_sample(s) for s in grid))
-        per_batch = max(1, (batch_size or best_batch_size(model)) // cost)
+        calibrated, threads = best_settings(model) if len(sample_idx) else (1, torch.get_num_threads())
+        per_batch = max(1, (batch_size or calibrated) // cost)
         grid_t, stored = torch.tensor(grid), torch.tensor(stored_t)
-        for start in range(0, len(sample_idx), per_batch):
-            idx, col = sample_idx[start:start + per_batch], col_idx[start:start + per_batch]
-            t = grid_t[col]
-            noise = None
-            if self.noise_draws:
-                # keyed by the stored t, so an attack that ignores t draws the same noise on any grid
-                noise = keyed_noise([keys[i] for i in idx.tolist()], stored[col], self.noise_draws, x0.shape[1:], seed)
-            values = self.statistic(model, x0[idx], t, noise=noise)
-            out[idx, col] = values
-            if cache is not None:
-                cache.put(cache_model, cache_attack, ((keys[i], stored_t[j], v) for i, j, v in zip(idx.tolist(), col.tolist(), values.tolist())))
-            done += len(idx)
-            if progress is not None:
-                progress(done, total)
+        # Threads are a speed setting only: the calibration measured which count runs fastest here.
+        with torch_threads(threads):
+            for start in range(0, len(sample_idx), per_batch):
+                idx, col = sample_idx[start:start + per_batch], col_idx[start:start + per_batch]
+                noise = None
+                if self.noise_draws:
+                    # keyed by the stored t, so an attack that ignores t draws the same noise on any grid
+                    noise = keyed_noise([keys[i] for i in idx.tolist()], stored[col], self.noise_draws, x0.shape[1:], seed)
+                values = self.statistic(model, x0[idx], grid_t[col], noise=noise)
+                out[idx, col] = values
+                if cache is not None:
+                    cache.put(cache_model, cache_attack, (
+                        (keys[i], stored_t[j], v) for i, j, v in zip(idx.tolist(), col.tolist(), values.tolist())))
+                done += len(idx)
+                if progress is not None:
+                    progress(done, total)
         return out if self.uses_timestep else out.expand(n, len(steps)).clone()
