@@ -132,7 +132,9 @@ def write_card(path: Path, results, command: str) -> None:
         CARD_START,
         f"Written by `{command}` on {date.today().isoformat()} ({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}).",
         f"{r.n_members} members, {r.n_nonmembers} held-out images; t chosen on the selection half by {r.selection}; "
-        f"metrics on the report half with 95% bootstrap CIs ({r.n_bootstrap} resamples, seed {r.seed}).",
+        f"metrics on the report half with 95% bootstrap CIs ({r.n_bootstrap} resamples, seed {r.seed}). "
+        "Queries are model evaluations per sample per timestep; wall time is this run's, and statistics already "
+        "in the score cache were not recomputed.",
         "",
         results_table(results),
         CARD_END,
