@@ -1,0 +1,273 @@
+"""Pieces of Streamlit UI shared by the pages: the sidebar, the timestep slider, image strips.
+
+The sidebar's widgets live in the entrypoint, so their keys and values persist across pages;
+it stores its decision as a :class:`explorer.state.Choices` under ``CHOICES`` in the session.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import streamlit as st
+import torch
+from PIL import Image
+
+from core.errors import SimaError
+from explorer import state
+
+CHOICES = "choices"
+SHARED_T = "shared_t"
+FOLDER = "A local model folder…"
+HUB = "A Hugging Face hub id…"
+#: Thumbnails are scaled up by whole factors with nearest-neighbour so pixels stay sharp.
+THUMB_PX = 112
+
+
+def app_icon() -> Image.Image:
+    """A magnifying glass over a pixel grid, drawn locally so the app fetches nothing."""
+    from PIL import ImageDraw
+
+    icon = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(icon)
+    for i in range(4):
+        for j in range(4):
+            shade = 60 + 45 * ((i + j) % 3)
+            draw.rectangle((6 + 9 * i, 6 + 9 * j, 13 + 9 * i, 13 + 9 * j), fill=(shade, shade, shade, 255))
+    draw.ellipse((22, 22, 50, 50), outline=(194, 65, 12, 255), width=6)
+    draw.line((46, 46, 60, 60), fill=(194, 65, 12, 255), width=8)
+    return icon
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Show a user-caused error as one line (st.error) and stop the page, never a traceback."""
+    try:
+        yield
+    except SimaError as error:
+        st.error(str(error))
+        st.stop()
+
+
+# ----------------------------------------------------------------------------- sidebar
+
+
+def _model_options() -> list[str]:
+    return state.demo_names() + [FOLDER, HUB]
+
+
+def _initial_model(options: list[str]) -> None:
+    """Seed the picker once per session from SIMA_EXPLORER_MODEL, else the default demo."""
+    if "model_choice" in st.session_state:
+        return
+    wanted = state.default_model()
+    if wanted in options:
+        st.session_state["model_choice"] = wanted
+    elif wanted == state.DEFAULT_MODEL:  # the default demo is missing: any demo will do
+        st.session_state["model_choice"] = options[0]
+    elif Path(wanted).expanduser().exists() or "/" not in wanted:
+        st.session_state["model_choice"] = FOLDER
+        st.session_state["model_folder"] = wanted
+    else:
+        st.session_state["model_choice"] = HUB
+        st.session_state["model_hub"] = wanted
+
+
+def _model_spec() -> str:
+    options = _model_options()
+    _initial_model(options)
+    if st.session_state.get("model_choice") not in options:
+        st.session_state["model_choice"] = options[0]
+    choice = st.selectbox(
+        "Model", options, key="model_choice",
+        help="Bundled demos have a known training set, so every answer can be checked against the truth.",
+    )
+    if choice == FOLDER:
+        return st.text_input(
+            "Folder", key="model_folder", placeholder="/path/to/diffusers-model",
+            help="A diffusers folder (unet/ + scheduler/, and vae/ for a latent model). Only safetensors "
+            "weights are read; no code from the folder runs.",
+        ).strip()
+    if choice == HUB:
+        return st.text_input(
+            "Hub id", key="model_hub", placeholder="owner/name",
+            help="Downloaded once (configs and safetensors only) when you are online; offline, give a folder.",
+        ).strip()
+    return choice
+
+
+def _describe(info) -> str:
+    c, h, w = info.image_shape
+    lines = [f"**{info.name}**: {info.kind} model, {h}×{w} pixels, {c} channel{'s' if c > 1 else ''}"]
+    if info.kind == "latent":
+        lines.append(f"latent space {'×'.join(map(str, info.sample_shape))}")
+    if info.parameters:
+        lines.append(f"{info.parameters:,} parameters")
+    lines.append(f"{info.num_train_timesteps} timesteps, predicts {info.prediction_type}")
+    if info.training_set_size:
+        lines.append(f"trained on {info.training_set_size:,} known images")
+    else:
+        lines.append("training set unknown")
+    return "  \n".join(lines)
+
+
+def sidebar() -> state.Choices | None:
+    """Draw the shared choices and load the model; returns (and stores) the Choices or None."""
+    st.session_state[CHOICES] = None
+    with st.sidebar:
+        spec = _model_spec()
+        if not spec:
+            st.info("Type a folder path or hub id to load a model.")
+            return None
+        device_options = state.devices()
+        if st.session_state.get("device") not in device_options:
+            st.session_state["device"] = device_options[0]
+        device = st.selectbox("Device", device_options, key="device",
+                              help="GPU appears when torch can see one.", disabled=len(device_options) == 1)
+        try:
+            with st.spinner(f"Loading {spec}…"):
+                model = state.get_model(spec, device)
+        except SimaError as error:
+            st.error(str(error))
+            return None
+        info = model.info()
+        st.caption(_describe(info))
+        if info.manifest and info.manifest.get("demo"):
+            with st.expander("About this model"):
+                st.caption(info.manifest["demo"])
+
+        names = state.attack_names()
+        if st.session_state.get("attack") not in names:
+            st.session_state["attack"] = names[0]
+        attack = st.selectbox("Attack", names, key="attack", format_func=state.attack_title)
+        st.caption(state.ATTACK_BLURBS.get(attack, attack))
+        if "grid" not in st.session_state:
+            st.session_state["grid"] = state.default_grid()
+        text = st.text_input("Timesteps", key="grid", help="START:STOP:STEP (stop included), or a list like 10,50,100.")
+        try:
+            grid, note = state.parse_grid(text, model.num_train_timesteps)
+        except SimaError as error:
+            st.error(str(error))
+            return None
+        st.caption(f"{len(grid)} timestep{'s' if len(grid) > 1 else ''}, {grid[0]} to {grid[-1]}." + (f" {note}" if note else ""))
+        with st.expander("Advanced"):
+            seed = st.number_input("Seed", min_value=0, value=state.DEFAULT_SEED, step=1, key="seed",
+                                   help="Fixes the noise of random attacks, the selection/report split and the bootstrap.")
+        st.caption("Everything runs on this machine; uploads stay in memory and are never sent anywhere.")
+    choices = state.Choices(spec=spec, device=device, attack=attack, grid=tuple(grid), seed=int(seed))
+    st.session_state[CHOICES] = choices
+    return choices
+
+
+def require_choices() -> state.Choices:
+    """The sidebar's choices, or a friendly stop when no model is loaded."""
+    choices = st.session_state.get(CHOICES)
+    if choices is None:
+        st.info("Choose a model in the sidebar to begin: the bundled demos work offline.")
+        st.stop()
+    return choices
+
+
+# ----------------------------------------------------------------------------- timestep
+
+
+def timestep_slider(grid: Sequence[int], default: int, *, key: str, label: str = "Timestep t", help: str | None = None) -> int:
+    """A slider over the grid whose value is shared by every page (one current t per session)."""
+    grid = list(grid)
+    shared = st.session_state.get(SHARED_T, default)
+    if key not in st.session_state or st.session_state[key] not in grid:
+        st.session_state[key] = shared if shared in grid else min(grid, key=lambda t: abs(t - shared))
+    if len(grid) == 1:
+        st.caption(f"{label}: {grid[0]} (the grid has one timestep)")
+        value = grid[0]
+    else:
+        value = st.select_slider(label, options=grid, key=key, help=help)
+    st.session_state[SHARED_T] = value
+    return value
+
+
+def forget_stale(key: str, n_options: int) -> None:
+    """Drop an index picked for another model's set when it is out of range for this one."""
+    value = st.session_state.get(key)
+    if value is not None and not (isinstance(value, int) and 0 <= value < n_options):
+        del st.session_state[key]
+
+
+def default_t(result) -> int:
+    """The t a page opens at: the one shared in this session, else the audit's chosen t."""
+    shared = st.session_state.get(SHARED_T)
+    return shared if shared in result.timesteps else result.chosen_t
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def thumbnail(image: np.ndarray | torch.Tensor, px: int = THUMB_PX) -> Image.Image:
+    """A (C, H, W) image in [-1, 1] as a picture scaled up by a whole factor, pixels kept sharp."""
+    from core.data import to_uint8_image
+
+    tensor = torch.as_tensor(np.asarray(image, dtype=np.float32))
+    picture = to_uint8_image(tensor)
+    factor = max(1, px // max(picture.size))
+    return picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
+
+
+def image_strip(images: Sequence, captions: Sequence[str], *, px: int = THUMB_PX) -> None:
+    """Images in a row (wrapping), each with its caption."""
+    if len(images):
+        st.image([thumbnail(im, px) for im in images], caption=list(captions), width=px)
+
+
+def progress_callback(text: str):
+    """(update, close) for a st.progress bar fed by core's progress(done, total)."""
+    bar = st.progress(0.0, text=text)
+
+    def update(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"{text}: {done} / {total}")
+
+    return update, bar.empty
+
+
+def show_load_problems(loaded, what: str = "files") -> None:
+    """One st.error line per unusable file, and a note on files beyond the upload limit."""
+    for problem in loaded.errors[:20]:
+        st.error(problem.message if problem.message.startswith(problem.source) else f"{problem.source}: {problem.message}")
+    if len(loaded.errors) > 20:
+        st.error(f"…and {len(loaded.errors) - 20} more {what} could not be used.")
+    if loaded.skipped:
+        st.warning(f"Only the first {state.MAX_UPLOAD_FILES:,} {what} were read; {loaded.skipped:,} more were skipped.")
+
+
+# ----------------------------------------------------------------------------- labelled data
+
+UPLOADED_SET = "uploaded_set"
+OWN_SPLIT = "The model's own split"
+UPLOADED = "Your uploaded sets (from Audit a dataset)"
+
+
+def labelled_data(choices: state.Choices, *, key: str) -> state.LabelledSet:
+    """The members and non-members a page works on: the model's split, or the sets uploaded
+    on the audit page; stops the page with a hint when neither exists."""
+    split, reason = state.split_or_reason(choices)
+    uploaded = st.session_state.get(UPLOADED_SET)
+    if uploaded is not None and uploaded.get("spec") != choices.spec:
+        uploaded = None
+    options = ([OWN_SPLIT] if split is not None else []) + ([UPLOADED] if uploaded is not None else [])
+    if not options:
+        st.info(
+            f"{reason} Upload member and non-member images on the **Audit a dataset** page, "
+            "then come back here."
+        )
+        st.stop()
+    choice = options[0] if len(options) == 1 else st.radio("Data", options, key=key, horizontal=True)
+    return split if choice == OWN_SPLIT else uploaded["data"]
+
+
+def plot(figure, key: str) -> None:
+    """A plotly figure as built (no Streamlit theme), so the screen matches the HTML report."""
+    st.plotly_chart(figure, key=key, theme=None, config={"displaylogo": False})

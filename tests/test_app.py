@@ -1,0 +1,378 @@
+"""The explorer through Streamlit's AppTest: every page, uploads, the slider, figure specs.
+
+Runs are kept short: a two-step timestep grid, and the empirical demo (the exact optimal
+denoiser over the memorising demo's members, no network) wherever the test is not about a
+particular model. Streamlit's caches are process-wide, so later tests reuse earlier sweeps.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.datasets import digits_uint8
+from explorer import state
+
+pytest.importorskip("streamlit.testing.v1")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
+FAST = "digits-empirical"
+GRID = "10,50"
+TIMEOUT = 180
+PAGES = ["check", "audit", "timesteps", "local_mean", "compare", "latent", "about"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _environment(tmp_path_factory):
+    """A private score cache and a short grid for every run in this module."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SIMA_CACHE_DIR", str(tmp_path_factory.mktemp("score-cache")))
+        patch.setenv(state.GRID_ENV, GRID)
+        patch.delenv(state.MODEL_ENV, raising=False)
+        yield
+
+
+def start(monkeypatch, model: str | None = None, page: str | None = None) -> AppTest:
+    if model:
+        monkeypatch.setenv(state.MODEL_ENV, model)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    if page:
+        at.switch_page(f"views/{page}.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def chart(at: AppTest, key: str) -> dict:
+    """The plotly spec of the chart drawn with ``key``."""
+    for element in at.get("plotly_chart"):
+        if element.proto.id.endswith(f"-{key}"):
+            return json.loads(element.proto.spec)
+    raise AssertionError(f"no chart with key {key!r}; have {[e.proto.id.split('-')[-1] for e in at.get('plotly_chart')]}")
+
+
+def array(value) -> np.ndarray:
+    """A plotly spec array: a list, or plotly's typed-array encoding {dtype, bdata, shape}."""
+    if isinstance(value, dict):
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        return flat.reshape([int(n) for n in str(shape).split(",")]) if shape else flat
+    return np.asarray(value, dtype=float)
+
+
+def vlines(spec: dict) -> list:
+    return [s["x0"] for s in spec["layout"].get("shapes", []) if s.get("x0") == s.get("x1")]
+
+
+def demo_png(which: str, position: int = 0) -> tuple[str, bytes]:
+    """A PNG of one digit of the empirical demo's split, exactly as the model was built on it."""
+    manifest = state.get_model(FAST, "cpu").manifest
+    image_id = manifest["member_ids" if which == "member" else "heldout_ids"][position]
+    buffer = io.BytesIO()
+    Image.fromarray(digits_uint8(16)[int(image_id.split("-")[-1])]).save(buffer, format="PNG")
+    return f"{which}-{image_id}.png", buffer.getvalue()
+
+
+def texts(elements) -> str:
+    return " | ".join(str(e.value) for e in elements)
+
+
+# ----------------------------------------------------------------------------- every page
+
+
+def test_a_newcomer_starts_on_the_check_page_with_the_memorising_demo(monkeypatch):
+    at = start(monkeypatch)
+    assert at.sidebar.selectbox(key="model_choice").value == state.DEFAULT_MODEL
+    assert at.title[0].value == "Check an image" and not at.error
+    assert at.button(key="check_start").label == "Show me a member and a held-out image"
+
+
+@pytest.mark.parametrize("demo", state.demo_names())
+def test_every_bundled_demo_works_on_every_page(monkeypatch, demo):
+    monkeypatch.setenv(state.GRID_ENV, "50")  # the sweeps here are shared with the latent page's test
+    at = start(monkeypatch, demo)
+    at.file_uploader(key="check_uploads").set_value([(*demo_png("member"), "image/png")]).run()
+    assert [m.label for m in at.metric][:2] == [state.statistic_label("sima"), "p-value"], texts(at.error)
+    for page in PAGES[1:]:
+        at.switch_page(f"views/{page}.py").run()
+        assert not at.exception, (page, [e.message for e in at.exception])
+        assert not at.error, (page, texts(at.error))
+        assert len(at.title) == 1
+        if page in ("audit", "timesteps", "local_mean"):
+            assert at.get("plotly_chart"), f"{page} drew no figure"
+    at.switch_page("views/local_mean.py").run()
+    assert len(chart(at, "lm_panels")["data"]) == 5
+
+
+def test_sidebar_lists_every_demo_loads_the_model_and_describes_it(monkeypatch):
+    at = start(monkeypatch, FAST)
+    picker = at.sidebar.selectbox(key="model_choice")
+    assert set(state.demo_names()) <= set(picker.options) and len(picker.options) == len(state.demo_names()) + 2
+    info = texts(at.sidebar.caption)
+    assert "empirical model" in info and "16×16 pixels" in info and "trained on 256 known images" in info
+    attack = at.sidebar.selectbox(key="attack")
+    assert attack.value == "sima" and len(attack.options) == len(state.attack_names()) >= 7
+    assert "2 timesteps, 10 to 50" in info
+
+
+def test_sidebar_choices_persist_across_pages(monkeypatch):
+    at = start(monkeypatch, FAST)
+    model = at.sidebar.selectbox(key="model_choice").value
+    at.sidebar.selectbox(key="attack").set_value("loss")
+    at.sidebar.text_input(key="grid").set_value("20,40")
+    at.run()
+    for page in ("about", "compare"):
+        at.switch_page(f"views/{page}.py").run()
+        assert at.sidebar.selectbox(key="attack").value == "loss"
+        assert at.sidebar.text_input(key="grid").value == "20,40"
+        assert at.sidebar.selectbox(key="model_choice").value == model
+
+
+def test_a_model_that_cannot_load_gets_one_line_and_no_traceback(monkeypatch, tmp_path):
+    at = start(monkeypatch, FAST)
+    at.sidebar.selectbox(key="model_choice").set_value("A local model folder…").run()
+    at.sidebar.text_input(key="model_folder").set_value(str(tmp_path / "missing")).run()
+    assert not at.exception
+    assert len(at.sidebar.error) == 1 and "missing" in at.sidebar.error[0].value
+    assert "Choose a model" in texts(at.info)
+
+
+def test_a_bad_grid_is_explained(monkeypatch):
+    at = start(monkeypatch, FAST)
+    at.sidebar.text_input(key="grid").set_value("ten").run()
+    assert not at.exception and "START:STOP:STEP" in at.sidebar.error[0].value
+
+
+# ----------------------------------------------------------------------------- check an image
+
+
+def test_uploading_images_gives_scores_p_values_and_verdicts(monkeypatch):
+    at = start(monkeypatch, FAST)
+    member, heldout = demo_png("member"), demo_png("heldout")
+    at.file_uploader(key="check_uploads").set_value([(*member, "image/png"), (*heldout, "image/png")]).run()
+    assert not at.exception and all("member" in e.value for e in at.error), texts(at.error)
+    p_values = [float(m.value) for m in at.metric if m.label == "p-value"]
+    assert len(p_values) == 2
+    # The exact optimal denoiser recognises its own member: the smallest possible p-value.
+    n_heldout = len(state.get_model(FAST, "cpu").manifest["heldout_ids"])
+    assert p_values[0] == pytest.approx(1 / n_heldout, rel=1e-2)  # the held-out image itself is left out
+    assert p_values[1] > 0.05
+    assert "Likely a member" in texts(at.error) and "Not flagged" in texts(at.success)
+    assert "Ground truth from the known split: **member**" in texts(at.caption)
+    table = at.dataframe[0].value
+    assert list(table["image"]) == [member[0], heldout[0]]
+    hist = chart(at, "check_hist_0")
+    assert [d["name"].split(" (")[0] for d in hist["data"]] == ["training members", "held-out"]
+    assert vlines(hist) == [pytest.approx(table.iloc[0, 1])]
+    assert len(chart(at, "check_curve_1")["data"]) == 5
+
+
+def test_moving_the_fpr_changes_the_verdict_threshold(monkeypatch):
+    at = start(monkeypatch, FAST)
+    at.file_uploader(key="check_uploads").set_value([(*demo_png("heldout", 3), "image/png")]).run()
+    p = float(next(m.value for m in at.metric if m.label == "p-value"))
+    at.select_slider(key="check_fpr").set_value(0.1).run()
+    assert "alpha = 0.1" in texts(at.caption)
+    assert float(next(m.value for m in at.metric if m.label == "p-value")) == p
+
+
+def test_a_broken_file_is_reported_and_the_good_ones_are_scored(monkeypatch):
+    at = start(monkeypatch, FAST)
+    at.file_uploader(key="check_uploads").set_value([("broken.png", b"not an image", "image/png"), (*demo_png("member"), "image/png")]).run()
+    assert not at.exception
+    assert any(e.value.startswith("broken.png") for e in at.error)
+    assert len(at.dataframe[0].value) == 1
+
+
+def test_bundled_examples_can_be_scored_without_uploading(monkeypatch):
+    if not state.examples():
+        pytest.fail("assets/examples holds no example images")
+    at = start(monkeypatch, FAST)
+    at.button(key="check_start").click().run()
+    assert not at.exception
+    assert len(at.dataframe[0].value) == 2
+    assert {"member", "held-out"} <= set(at.dataframe[0].value["truth (known split)"])
+
+
+def test_check_links_each_image_to_its_local_mean(monkeypatch):
+    at = start(monkeypatch, FAST)
+    name, data = demo_png("member")
+    at.file_uploader(key="check_uploads").set_value([(name, data, "image/png")]).run()
+    at.button(key="check_lm_0").click().run()
+    assert not at.exception
+    assert at.title[0].value == "Local mean"
+    assert at.radio(key="lm_source").value == "Sent from Check an image"
+    assert name in at.subheader[0].value
+
+
+# ----------------------------------------------------------------------------- timestep explorer
+
+
+def test_slider_moves_the_marked_t_and_redraws_from_the_cache(monkeypatch):
+    import core.audit
+
+    calls = []
+    real = core.audit.run_audit
+    monkeypatch.setattr(core.audit, "run_audit", lambda *a, **k: calls.append(1) or real(*a, **k))
+    at = start(monkeypatch, FAST)
+    at.sidebar.text_input(key="grid").set_value("5,10,50").run()  # a grid no other test sweeps
+    at.switch_page("views/timesteps.py").run()
+    assert len(calls) == 1
+    slider = at.select_slider(key="explorer_t")
+    assert vlines(chart(at, "explorer_curve")) == [slider.value]
+    for t in (5, 50):
+        at.select_slider(key="explorer_t").set_value(t).run()
+        assert vlines(chart(at, "explorer_curve")) == [t]
+        assert chart(at, "explorer_hist")["layout"]["title"]["text"] == f"Distributions at t = {t}"
+    assert len(calls) == 1, "moving the slider recomputed the sweep"
+    curve = chart(at, "explorer_curve")
+    assert [d["name"] for d in curve["data"]] == ["AUC", "TPR@1%FPR", "t chosen on the selection half"]
+    assert curve["data"][0]["x"] == [5, 10, 50]
+    assert len(at.get("image")) == 2  # the two galleries
+    # The current t is shared: the check page opens at it.
+    at.switch_page("views/check.py").run()
+    at.file_uploader(key="check_uploads").set_value([(*demo_png("member"), "image/png")]).run()
+    assert at.select_slider(key="check_t").value == 50
+
+
+# ----------------------------------------------------------------------------- audit
+
+
+def test_audit_page_shows_both_rocs_the_metrics_and_downloads(monkeypatch):
+    at = start(monkeypatch, FAST, "audit")
+    linear, log = chart(at, "audit_roc"), chart(at, "audit_roc_log")
+    assert [d["name"] for d in linear["data"]][-1] == "chance" and len(linear["data"]) == 2
+    assert linear["layout"]["xaxis"]["type"] == "linear"
+    assert log["layout"]["xaxis"]["type"] == "log" and log["layout"]["yaxis"]["type"] == "log"
+    assert [m.label for m in at.metric] == ["AUC", "ASR", "TPR@1%FPR", "TPR@0.1%FPR"]
+    assert float(at.metric[0].value) > 0.9  # the exact memoriser is easy to audit
+    assert list(at.dataframe[0].value["metric"]) == ["AUC", "ASR", "TPR@1%FPR", "TPR@0.1%FPR"]
+    assert len(at.dataframe[1].value) == len(state.get_model(FAST, "cpu").manifest["heldout_ids"]) + 256
+    assert [b.label for b in at.get("download_button")] == ["Per-image CSV", "Result JSON", "HTML report (opens offline)"]
+
+
+def test_audit_of_uploaded_zips(monkeypatch):
+    at = start(monkeypatch, FAST, "audit")
+    at.radio(key="audit_source").set_value("Upload members and non-members").run()
+
+    def zipped(which: str) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for i in range(6):
+                archive.writestr(*demo_png(which, i))
+        return buffer.getvalue()
+
+    at.file_uploader(key="audit_members").set_value(("members.zip", zipped("member"), "application/zip"))
+    at.file_uploader(key="audit_nonmembers").set_value(("nonmembers.zip", zipped("heldout"), "application/zip"))
+    at.run()
+    at.button[0].click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert len(at.dataframe[1].value) == 12
+    assert float(at.metric[0].value) == 1.0
+
+
+# ----------------------------------------------------------------------------- local mean
+
+
+def test_local_mean_page_contrasts_a_member_and_a_held_out_image(monkeypatch):
+    at = start(monkeypatch, FAST, "local_mean")
+    at.radio(key="lm_source").set_value("A training member").run()
+    at.select_slider(key="lm_t").set_value(10).run()
+    assert not at.exception
+    panels = chart(at, "lm_panels")
+    assert [d["type"] for d in panels["data"]] == ["heatmap"] * 5
+    titles = [a["text"] for a in panels["layout"]["annotations"]]
+    assert titles == ["query x₀", "local mean μ", "model's x̂₀", "|x₀ − μ|", "|x₀ − x̂₀|"]
+    # For the exact optimal denoiser x0_hat is the local mean, and a member's local mean at
+    # small t is the member itself.
+    x0, mu, x0_hat = (array(panels["data"][i]["z"]) for i in range(3))
+    assert np.allclose(mu, x0, atol=1e-3) and np.allclose(x0_hat, mu, atol=1e-3)
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["Effective neighbours"]) == pytest.approx(1.0, abs=1e-3)
+    assert float(metrics["Member: distance to the nearest training image"]) == 0
+    assert float(metrics["Held-out: distance to the nearest training image"]) > 1
+    weights = array(chart(at, "lm_weights")["data"][0]["x"])
+    assert len(weights) == state.TOP_K and weights[-1] == pytest.approx(1.0, abs=1e-3)
+    effective = chart(at, "lm_effective")
+    assert effective["layout"]["yaxis"]["type"] == "log" and len(effective["data"]) == 3
+    assert vlines(effective) == [10]
+    assert len(chart(at, "lm_contrast")["data"]) == 10
+
+
+# ----------------------------------------------------------------------------- compare, latent
+
+
+def test_compare_runs_the_chosen_attacks_on_one_split(monkeypatch):
+    at = start(monkeypatch, FAST, "compare")
+    at.multiselect(key="compare_attacks").set_value(["sima", "loss"]).run()
+    at.button[0].click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    table = at.dataframe[0].value
+    assert list(table["attack"]) == ["sima", "loss"] and list(table["queries / image"]) == [1, 1]
+    roc = chart(at, "compare_roc")
+    assert [d["name"].split(" (")[0] for d in roc["data"]] == ["sima", "loss", "chance"]
+    assert chart(at, "compare_cost")["layout"]["xaxis"]["type"] == "log"
+
+
+def test_pixel_vs_latent_audits_each_demo_on_its_own_split(monkeypatch):
+    missing = [n for n in state.PIXEL_VS_LATENT if n not in state.demo_names()]
+    if missing:
+        pytest.fail(f"bundled demos missing: {missing}")
+    monkeypatch.setenv(state.GRID_ENV, "50")
+    at = start(monkeypatch, FAST, "latent")
+    at.button[0].click().run()
+    assert not at.exception and not at.error, texts(at.error)
+    table = at.dataframe[0].value
+    assert list(table["model"])[:3] == list(state.PIXEL_VS_LATENT)
+    assert list(table["kind"])[:3] == ["pixel", "latent", "latent"]
+    assert len(chart(at, "latent_recon")["data"]) == 4 * 3
+
+
+# ----------------------------------------------------------------------------- helpers under the pages
+
+
+def test_load_uploads_reads_bytes_and_zips_in_memory():
+    name, data = demo_png("member")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("a.png", data)
+        archive.writestr("b.txt", b"ignored")
+    loaded = state.load_uploads([(name, data), ("set.zip", buffer.getvalue()), ("bad.png", b"??")], (1, 16, 16))
+    assert loaded.ids == [name, "set.zip:a.png"]
+    assert loaded.images.shape == (2, 1, 16, 16) and torch.equal(loaded.images[0], loaded.images[1])
+    assert [p.source for p in loaded.errors] == ["bad.png"]
+
+
+def test_check_leaves_an_image_out_of_its_own_reference():
+    stats = np.array([[1.0], [2.0], [3.0], [4.0]])
+    reference = state.Reference([10], "lower", stats, None, ("a", "b", "c", "d"), "test")
+    # statistic 2.0 ("b"): its own row would tie with it; left out, 1 of 3 others scores as member-like
+    inside = state.check(reference, 10, 2.0, 0.5, "b")
+    outside = state.check(reference, 10, 2.0, 0.5, "z")
+    assert inside.left_out and inside.n_reference == 3 and inside.p_value == pytest.approx((1 + 1) / (1 + 3))
+    assert not outside.left_out and outside.n_reference == 4 and outside.p_value == pytest.approx((1 + 2) / (1 + 4))
+
+
+def test_parse_grid_drops_steps_beyond_the_model():
+    assert state.parse_grid("0:1200:400", 1000) == ((0, 400, 800), "1 timestep(s) outside 0..999 were left out.")
+    with pytest.raises(Exception, match="within this model's range"):
+        state.parse_grid("2000", 1000)
+
+
+def test_config_keeps_the_app_offline_private_and_quiet():
+    import tomllib
+
+    config = tomllib.loads((Path(APP).parents[1] / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["enableXsrfProtection"] is True
+    assert config["server"]["fileWatcherType"] == "none" and config["server"]["maxUploadSize"] > 0
+    assert config["browser"]["gatherUsageStats"] is False
+    assert config["client"]["showErrorDetails"] == "none"
+    assert "base" in config["theme"]
