@@ -127,11 +127,18 @@ def main(argv: list[str] | None = None) -> None:
     batch_text = "n/a (needs Linux /proc)" if batch is None else (
         f"{BATCH} queries {batch['seconds']:.2f} s, peak extra {batch['peak_extra_mib']:.0f} MiB"
     )
-    print(
+    row = (
         f"| local mean, 1 query x {REFERENCES:,} refs {SHAPE[1]}x{SHAPE[2]}x{SHAPE[0]} "
         f"| median {median:.3f} s over {len(times)} runs (target < {TARGET_S:.0f} s) | {batch_text} "
         f"| {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, load {load_before:.1f}, torch {torch.__version__} |"
     )
+    print(row)
+    if not args.quick:
+        from common import replace_section
+
+        replace_section("Local mean", "\n".join([
+            "Measured by `python benchmarks/local_mean.py` (random seeded data; float64 distances, chunked log-sum-exp).",
+            "", "| what | time | batch of queries | machine |", "|---|---|---|---|", row]))
 
 
 if __name__ == "__main__":

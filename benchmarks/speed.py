@@ -201,6 +201,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short run: one demo, few images")
     parser.add_argument("--json", action="store_true", help="print the result object as JSON")
+    parser.add_argument("--models", help="comma-separated bundled demos to measure (default: all)")
     parser.add_argument("--scale-child", nargs=2, metavar=("N", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.scale_child:
@@ -212,7 +213,8 @@ def main(argv=None) -> int:
         jobs = [(load_model(name), 64, (8, 16, 32, 64)) for name in demo_names()[:1]]
     else:
         grid, baselines = list(range(0, 201, 20)), ["sima-mc", "pia", "pian", "loss", "secmi", "pfami"]
-        jobs = [(load_model(name), 256, (16, 32, 64, 128)) for name in demo_names()]
+        names = args.models.split(",") if args.models else demo_names()
+        jobs = [(load_model(name), 256, (16, 32, 64, 128)) for name in names]
         jobs.append((cifar_unet_model(), 64, (8, 16, 32, 64)))
     rows = [bench_model(model, n, grid, baselines, candidates) for model, n, candidates in jobs]
     headline = rows[-1]
