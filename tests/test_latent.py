@@ -131,10 +131,11 @@ def test_sima_runs_in_latent_space(folder, images):
     t = torch.tensor([0, 10, 50, 100, 999])
     with torch.no_grad():
         direct = model.unet(z, t).sample.to(torch.float64).abs().pow(4).sum((1, 2, 3))
-    torch.testing.assert_close(SimA().statistic(model, z, t), direct)
+    torch.testing.assert_close(SimA().statistic(model, z, t), direct, rtol=1e-5, atol=1e-8)
     with torch.no_grad():
         at_50 = model.unet(z, torch.full((5,), 50)).sample.to(torch.float64).abs().pow(4).sum((1, 2, 3))
-    torch.testing.assert_close(SimA().sweep(model, z, [50])[:, 0], at_50)
+    # the sweep may run at another thread count (calibrated), which changes float32 rounding only
+    torch.testing.assert_close(SimA().sweep(model, z, [50])[:, 0], at_50, rtol=1e-5, atol=1e-8)
 
 
 def test_vq_autoencoder_encodes_before_quantisation(tmp_path, images):
