@@ -52,6 +52,7 @@ from tests.hostile import (  # noqa: E402
     by_file,
     judge_cli,
     judge_loaded,
+    random_pixels,
     score_all,
     score_each,
     write_corpus,
@@ -164,10 +165,10 @@ def random_image(rng: np.random.Generator) -> tuple[bytes, str]:
         width, height = (int(rng.integers(1, 4)), int(rng.integers(100, 600)))[:: int(rng.choice([1, -1]))]
     else:
         width, height = int(rng.integers(1, 65)), int(rng.integers(1, 65))
-    image = _pixels(rng, mode, width, height)
+    image = random_pixels(rng, mode, width, height)
     options: dict = {"lossless": True} if fmt == "WEBP" else {}
     if fmt in ("GIF", "PNG", "WEBP") and rng.random() < 0.2:
-        options.update(save_all=True, append_images=[_pixels(rng, mode, width, height)], duration=50)
+        options.update(save_all=True, append_images=[random_pixels(rng, mode, width, height)], duration=50)
     if fmt == "JPEG" and rng.random() < 0.3:
         exif = Image.Exif()
         exif[0x0112] = int(rng.integers(1, 9))
@@ -175,23 +176,6 @@ def random_image(rng: np.random.Generator) -> tuple[bytes, str]:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)
     return buffer.getvalue(), f"{mode} {width}x{height} {fmt}"
-
-
-def _pixels(rng: np.random.Generator, mode: str, width: int, height: int) -> Image.Image:
-    shape = (height, width)
-    if mode == "1":
-        return Image.fromarray(rng.random(shape) < 0.5)
-    if mode == "I;16":
-        return Image.fromarray(rng.integers(0, 65536, shape, dtype=np.uint16))
-    if mode == "I":
-        return Image.fromarray(rng.integers(-(2**31), 2**31, shape, dtype=np.int64).astype(np.int32))
-    if mode == "F":
-        return Image.fromarray((rng.random(shape) * rng.choice([1.0, 255.0])).astype(np.float32))
-    raw = rng.integers(0, 256, width * height * len(mode), dtype=np.uint8).tobytes()
-    image = Image.frombytes(mode, (width, height), raw)
-    if mode == "P":
-        image.putpalette(rng.integers(0, 256, 768, dtype=np.uint8).tobytes())
-    return image
 
 
 def random_bytes(rng: np.random.Generator) -> tuple[bytes, str]:

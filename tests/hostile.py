@@ -588,3 +588,22 @@ def _drive(argvs: list[list[str]]) -> list[dict]:
 
 if __name__ == "__main__":
     print(json.dumps(_drive(json.load(sys.stdin))))
+
+
+def random_pixels(rng: np.random.Generator, mode: str, width: int, height: int, scale: float | None = None) -> Image.Image:
+    """A random image of any Pillow mode; float images in [0, 1] or [0, 255] (drawn when scale is None)."""
+    shape = (height, width)
+    if mode == "1":
+        return Image.fromarray(rng.random(shape) < 0.5)
+    if mode == "I;16":
+        return Image.fromarray(rng.integers(0, 65536, shape, dtype=np.uint16))
+    if mode == "I":
+        return Image.fromarray(rng.integers(-(2**31), 2**31, shape, dtype=np.int64).astype(np.int32))
+    if mode == "F":
+        values = rng.random(shape)
+        return Image.fromarray((values * (rng.choice([1.0, 255.0]) if scale is None else scale)).astype(np.float32))
+    raw = rng.integers(0, 256, width * height * len(mode), dtype=np.uint8).tobytes()
+    image = Image.frombytes(mode, (width, height), raw)
+    if mode == "P":
+        image.putpalette(rng.integers(0, 256, 768, dtype=np.uint8).tobytes())
+    return image

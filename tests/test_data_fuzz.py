@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from core.data import load_image, load_images
+from tests.hostile import random_pixels
 from core.errors import ImageError
 
 # Pillow warns about the damaged TIFF tags it skips; damage is the point here
@@ -39,23 +40,8 @@ FORMATS = {
 
 
 def random_image(mode: str, width: int, height: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    shape = (height, width)
-    if mode == "1":
-        return Image.fromarray(rng.random(shape) < 0.5)
-    if mode == "I;16":
-        return Image.fromarray(rng.integers(0, 65536, shape, dtype=np.uint16))
-    if mode == "I":
-        values = rng.integers(-(2**31), 2**31, shape, dtype=np.int64)
-        return Image.fromarray(values.astype(np.int32))
-    if mode == "F":
-        scale = 255.0 if seed % 2 else 1.0  # both accepted float ranges
-        return Image.fromarray((rng.random(shape) * scale).astype(np.float32))
-    raw = rng.integers(0, 256, width * height * len(mode), dtype=np.uint8).tobytes()
-    image = Image.frombytes(mode, (width, height), raw)
-    if mode == "P":
-        image.putpalette(rng.integers(0, 256, 768, dtype=np.uint8).tobytes())
-    return image
+    # both accepted float ranges, alternating with the seed
+    return random_pixels(np.random.default_rng(seed), mode, width, height, scale=255.0 if seed % 2 else 1.0)
 
 
 def encode(image: Image.Image, fmt: str) -> bytes:
