@@ -47,6 +47,14 @@ def cifar_unet_model() -> PixelModel:
 
 
 def peak_memory_mb() -> float:
+    """This process's peak resident memory. VmHWM, unlike ru_maxrss, is not inherited across exec,
+    so a child process started by this benchmark reports its own peak, not its parent's."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
