@@ -286,6 +286,18 @@ def encode_batched(model: DiffusionModel, images: torch.Tensor, batch_size: int 
         return torch.cat([model.encode(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
+def image_statistics(
+    model: DiffusionModel, images: torch.Tensor, attack: Attack, timesteps: Sequence[int], *, seed: int = 0,
+    batch_size: int | None = None, progress: Progress | None = None, cache: ScoreCache | None = None,
+) -> torch.Tensor:
+    """Raw statistics (N, T) of [-1, 1] images: encoded to model space, but keyed (for noise and
+    cache) by the images' pixel content, so audits, scores and the app share every entry."""
+    return attack.sweep(
+        model, encode_batched(model, images), timesteps, seed=seed, keys=row_digests(images),
+        batch_size=batch_size, progress=progress, cache=cache,
+    )
+
+
 #: Images swept together when a set is streamed: enough (sample, t) pairs to fill any batch,
 #: few enough that memory stays flat however large the set is.
 CHUNK_IMAGES = 512
@@ -357,9 +369,8 @@ def run_audit(
                 if progress is not None:
                     progress(offset + done, offset + total if streamed else known * len(timesteps))
 
-            parts.append(attack.sweep(
-                model, encode_batched(model, batch), timesteps, seed=seed, keys=row_digests(batch),
-                batch_size=batch_size, progress=chunk_progress, cache=cache,
+            parts.append(image_statistics(
+                model, batch, attack, timesteps, seed=seed, batch_size=batch_size, progress=chunk_progress, cache=cache,
             ))
             ids += batch_ids
             count += len(batch_ids)

@@ -9,10 +9,9 @@ import torch
 
 from core import metrics
 from core.attacks.base import Attack
-from core.audit import encode_batched
+from core.audit import image_statistics
 from core.cache import ScoreCache
 from core.errors import DataError
-from core.hashing import row_digests
 from core.models.base import DiffusionModel
 
 
@@ -39,9 +38,7 @@ def statistics_at(
     """The attack's raw statistic for [-1, 1] images at one timestep (keyed noise, as in audits)."""
     if len(images) == 0:
         raise DataError("No images to score.")
-    return attack.sweep(
-        model, encode_batched(model, images), [t], seed=seed, keys=row_digests(images), batch_size=batch_size, cache=cache
-    )[:, 0]
+    return image_statistics(model, images, attack, [t], seed=seed, batch_size=batch_size, cache=cache)[:, 0]
 
 
 def score_images(

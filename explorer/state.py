@@ -410,15 +410,10 @@ def _image_statistics(
     fingerprint: str, device: str, attack: str, params: str, grid: tuple[int, ...], seed: int, digest: str,
     _spec: str, _images: torch.Tensor,
 ) -> np.ndarray:
-    from core.audit import encode_batched
-    from core.hashing import row_digests
+    from core.audit import image_statistics
 
     model = get_model(_spec, device)
-    stats = make_attack(attack).sweep(
-        model, encode_batched(model, _images), list(grid), seed=seed, keys=row_digests(_images),
-        cache=score_cache(),
-    )
-    return stats.numpy()
+    return image_statistics(model, _images, make_attack(attack), list(grid), seed=seed, cache=score_cache()).numpy()
 
 
 def image_statistics(choices: Choices, images: torch.Tensor) -> np.ndarray:
