@@ -327,9 +327,7 @@ def forward_rate(choices: Choices) -> float:
 
 def attack_cost(name: str, grid: Sequence[int], n_images: int) -> int:
     """Model evaluations an audit of ``n_images`` over ``grid`` takes with this attack."""
-    attack = make_attack(name)
-    steps = list(grid) if attack.uses_timestep else list(grid)[:1]
-    return n_images * sum(attack.queries_per_sample(t) for t in steps)
+    return n_images * make_attack(name).queries_for_grid(grid)
 
 
 

@@ -191,6 +191,21 @@ def test_secmi_matches_direct_computation_including_t_off_the_stride(unet_model,
     torch.testing.assert_close(stat, direct_secmi(unet_model, x0, t, 10), rtol=RTOL, atol=ATOL)
 
 
+def test_secmi_sweep_shares_one_trajectory_and_matches_the_per_t_definition(unet_model, x0):
+    grid = [40, 0, 25, 10, 30]  # unsorted, off the stride, and two t on one stride interval
+    swept = SecMI(k=10).sweep(unet_model, x0, grid, batch_size=3)
+    for j, t in enumerate(grid):
+        expected = direct_secmi(unet_model, x0, torch.full((len(x0),), t), 10)
+        torch.testing.assert_close(swept[:, j], expected, rtol=RTOL, atol=ATOL)
+
+
+def test_secmi_grid_costs_the_longest_inversion_plus_the_round_trips():
+    attack = SecMI(k=10)
+    # 4 strides to 40, 2 per on-stride t, 3 per off-stride t (its own short step)
+    assert attack.queries_for_grid([0, 10, 25, 40]) == 4 + 2 + 2 + 3 + 2
+    assert attack.queries_for_grid(range(10, 201, 10)) == 20 + 2 * 20
+
+
 def test_secmi_counts_inversion_steps_plus_the_round_trip():
     attack = SecMI(k=10)
     assert [attack.queries_per_sample(t) for t in (0, 10, 25, 90, 100)] == [2, 3, 5, 11, 12]
@@ -361,6 +376,16 @@ def test_conformance_queries_per_sample_counts_model_evaluations(attack, samples
     t = torch.tensor([0, 10, 25, 7, 30])
     _stat(attack, model, samples, t)
     assert model.queried == sum(attack.queries_per_sample(s) for s in t.tolist())
+
+
+def test_conformance_sweep_spends_the_queries_it_reports_for_the_grid(attack, samples):
+    from core.batching import best_settings
+
+    model = ElementwiseModel()
+    best_settings(model)  # calibrate first: its timing passes are not part of the sweep
+    model.queried = 0
+    attack.sweep(model, samples, GRID, seed=0, batch_size=1000)
+    assert model.queried == len(samples) * attack.queries_for_grid(GRID)
 
 
 def test_conformance_sweep_equals_columnwise_statistic_with_keyed_noise(attack, toy, samples):

@@ -57,9 +57,22 @@ class Attack(abc.ABC):
     #: False for attacks that average over their own timestep grid and ignore t.
     uses_timestep: bool = True
 
+    #: True for deterministic attacks whose statistics at several t share model evaluations;
+    #: they implement ``_grid_statistic`` and a sweep computes a sample's whole grid at once.
+    shares_work_across_t: bool = False
+
     @abc.abstractmethod
     def queries_per_sample(self, t: int) -> int:
         """Model evaluations this attack spends on one sample at timestep t."""
+
+    def queries_for_grid(self, timesteps: Sequence[int]) -> int:
+        """Model evaluations a sweep spends on one sample over the whole grid."""
+        steps = [int(t) for t in timesteps]
+        return sum(self.queries_per_sample(t) for t in (steps if self.uses_timestep else steps[:1]))
+
+    def _grid_statistic(self, model: DiffusionModel, x0: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
+        """Statistics (float64, N x len(timesteps)) for attacks that share work across t."""
+        raise NotImplementedError(f"{self.name} does not share work across timesteps.")
 
     @abc.abstractmethod
     def _statistic(self, model: DiffusionModel, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
@@ -150,28 +163,26 @@ class Attack(abc.ABC):
         if cache is not None:
             cache_model, cache_attack = model.fingerprint, attack_key(self, seed, str(model.device))
             found = cache.get(cache_model, cache_attack, keys, stored_t)
-            for i, key in enumerate(keys):
-                for j, t in enumerate(stored_t):
-                    if (key, t) in found:
-                        out[i, j] = found[(key, t)]
-                        todo[i, j] = False
-        sample_idx, col_idx = todo.nonzero(as_tuple=True)
-        total, done = out.numel(), out.numel() - len(sample_idx)
+            if found:
+                # Filled through numpy views: element-wise tensor indexing would cost more than the lookup.
+                rows: dict[str, list[int]] = {}
+                for i, key in enumerate(keys):
+                    rows.setdefault(key, []).append(i)
+                column = {t: j for j, t in enumerate(stored_t)}
+                values, missing = out.numpy(), todo.numpy()
+                for (key, t), value in found.items():
+                    for i in rows[key]:
+                        values[i, column[t]] = value
+                        missing[i, column[t]] = False
+        pending = int(todo.sum())
+        total, done = out.numel(), out.numel() - pending
         if progress is not None:
             progress(done, total)
-        cost = max(1, max(self.queries_per_sample(s) for s in grid))
-        calibrated, threads = best_settings(model) if len(sample_idx) else (1, torch.get_num_threads())
-        per_batch = max(1, (batch_size or calibrated) // cost)
-        grid_t, stored = torch.tensor(grid), torch.tensor(stored_t)
+        calibrated, threads = best_settings(model) if pending else (1, torch.get_num_threads())
         # Threads are a speed setting only: the calibration measured which count runs fastest here.
         with torch_threads(threads):
-            for start in range(0, len(sample_idx), per_batch):
-                idx, col = sample_idx[start:start + per_batch], col_idx[start:start + per_batch]
-                noise = None
-                if self.noise_draws:
-                    # keyed by the stored t, so an attack that ignores t draws the same noise on any grid
-                    noise = keyed_noise([keys[i] for i in idx.tolist()], stored[col], self.noise_draws, x0.shape[1:], seed)
-                values = self.statistic(model, x0[idx], grid_t[col], noise=noise)
+            for idx, col, values in self._pending_batches(model, x0, grid, stored_t, todo, keys, seed,
+                                                          batch_size or calibrated):
                 out[idx, col] = values
                 if cache is not None:
                     cache.put(cache_model, cache_attack, (
@@ -180,3 +191,40 @@ class Attack(abc.ABC):
                 if progress is not None:
                     progress(done, total)
         return out if self.uses_timestep else out.expand(n, len(steps)).clone()
+
+    def _pending_batches(self, model, x0, grid, stored_t, todo, keys, seed, batch_size):
+        """(sample indices, grid columns, statistics) for the pending pairs, a batch at a time.
+
+        Pairs are packed into mixed batches of about ``batch_size`` model evaluations. An
+        attack that shares work across t instead takes ``batch_size`` whole samples at a time
+        (each of its model calls sees one row per sample) and computes their grid at once.
+        """
+        if self.shares_work_across_t:
+            rows = todo.any(1).nonzero().squeeze(1)
+            for start in range(0, len(rows), batch_size):
+                idx = rows[start:start + batch_size]
+                values = self.grid_statistic(model, x0[idx], grid)
+                need = todo[idx]
+                pair_rows, cols = need.nonzero(as_tuple=True)
+                yield idx[pair_rows], cols, values[need]
+            return
+        sample_idx, col_idx = todo.nonzero(as_tuple=True)
+        per_batch = max(1, batch_size // max(1, max(self.queries_per_sample(s) for s in grid)))
+        grid_t, stored = torch.tensor(grid), torch.tensor(stored_t)
+        for start in range(0, len(sample_idx), per_batch):
+            idx, col = sample_idx[start:start + per_batch], col_idx[start:start + per_batch]
+            noise = None
+            if self.noise_draws:
+                # keyed by the stored t, so an attack that ignores t draws the same noise on any grid
+                noise = keyed_noise([keys[i] for i in idx.tolist()], stored[col], self.noise_draws, x0.shape[1:], seed)
+            yield idx, col, self.statistic(model, x0[idx], grid_t[col], noise=noise)
+
+    def grid_statistic(self, model: DiffusionModel, x0: torch.Tensor, timesteps: Sequence[int]) -> torch.Tensor:
+        """Statistics at every t of ``timesteps`` (float64, N x len(timesteps)) with work shared across t."""
+        if x0.dim() != 4 or x0.shape[0] == 0:
+            raise DataError("Give a non-empty batch of samples shaped (N, C, H, W).")
+        steps = [int(s) for s in timesteps]
+        model.timesteps(torch.tensor(steps), len(steps))
+        with torch.inference_mode():
+            return self._grid_statistic(model, x0, steps).to(torch.float64).cpu()
+
