@@ -72,6 +72,18 @@ def _save(key: str, value: list[int]) -> None:
         pass  # an unwritable cache only means calibrating again next time
 
 
+def forget() -> int:
+    """Drop every stored calibration, in memory and on disk; returns how many there were.
+
+    A calibration measured while the machine was busy stays wrong until it is forgotten.
+    """
+    with _lock:
+        count = len(set(_memory) | set(_disk()))
+        _memory.clear()
+        (default_dir() / FILE_NAME).unlink(missing_ok=True)
+    return count
+
+
 def measure(model: DiffusionModel, candidates=CANDIDATES, repeats: int = 2) -> dict[int, float]:
     """Images per second of ``model.eps`` at each batch size (best of ``repeats``), current threads."""
     rates: dict[int, float] = {}

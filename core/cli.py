@@ -222,7 +222,10 @@ def cmd_cache(args) -> int:
 
     cache = ScoreCache(args.cache_dir)
     if args.action == "clear":
-        print(f"Removed {cache.clear():,} cached statistics from {cache.path}")
+        from core.batching import forget
+
+        print(f"Removed {cache.clear():,} cached statistics from {cache.path} "
+              f"and {forget()} stored batch-size calibration(s); they are measured again on next use.")
     else:
         print(cache.info().describe())
     return 0
@@ -279,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="output folder (default: from the config)")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(func=cmd_train)
-    cache = sub.add_parser("cache", help="show or clear the score cache")
+    cache = sub.add_parser("cache", help="show or clear the score cache (clear also forgets batch-size calibrations)")
     cache.add_argument("action", choices=["info", "clear"])
     cache.add_argument("--cache-dir", help="score cache folder (default $SIMA_CACHE_DIR or ~/.cache/sima-explorer)")
     cache.set_defaults(func=cmd_cache)

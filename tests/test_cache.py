@@ -8,7 +8,7 @@ import torch
 import core
 from core.attacks import SimA, SimAMC
 from core.audit import run_audit
-from core.batching import best_batch_size, best_settings, measure, torch_threads
+from core.batching import best_batch_size, best_settings, forget, measure, torch_threads
 from core.cache import ScoreCache
 
 
@@ -118,6 +118,14 @@ def test_batch_size_calibration_is_measured_once(model):
     assert size in (8, 16, 32, 64, 128) and 1 <= threads <= torch.get_num_threads()
     counter = Counter(model)
     assert best_batch_size(model) == size and counter.samples == 0
+
+
+def test_forgotten_calibrations_are_measured_again(model):
+    best_settings(model)
+    assert forget() >= 1 and forget() == 0
+    counter = Counter(model)
+    best_settings(model)
+    assert counter.samples > 0
 
 
 def test_thread_setting_is_restored():

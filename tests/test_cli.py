@@ -1,6 +1,7 @@
 """The `sima` command end to end on a tiny model saved to a temporary folder."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -82,6 +83,20 @@ def test_console_script_runs(tiny_model_dir, tmp_path):
     sima = [sys.executable, "-m", "core.cli"]
     done = subprocess.run([*sima, "cache", "info", "--cache-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "0 cached statistics" in done.stdout
+
+
+def test_cache_clear_removes_statistics_and_calibrations(tmp_path, capsys):
+    from core.batching import FILE_NAME
+    from core.cache import ScoreCache, default_dir
+
+    ScoreCache(tmp_path).put("m", "a", [("s", 1, 0.5)])
+    (default_dir() / FILE_NAME).parent.mkdir(parents=True, exist_ok=True)
+    (default_dir() / FILE_NAME).write_text('{"some-model|cpu": [32, 1]}')
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    # the count also takes in calibrations earlier tests left in memory
+    assert "Removed 1 cached statistics" in out and re.search(r"and [1-9]\d* stored batch-size calibration", out)
+    assert not (default_dir() / FILE_NAME).exists() and ScoreCache(tmp_path).info().entries == 0
 
 
 def test_audit_rewrites_only_the_audit_section_of_a_model_card(tiny_model_dir, image_sets):
