@@ -12,10 +12,10 @@ and for one pass at the chosen t alone (measured on up to 256 images and scaled)
 
 The CIFAR-10 model: 1,000 members and 1,000 held-out images drawn with a fixed seed from
 ../shared/data/cifar10/cifar10_train_12k.npz (never copied into the project), a compact DDPM
-training loop (core.train trains on the bundled digits only), and the trained model cached
-under benchmarks/.cache (outside git) with its training wall time; an interrupted training
-resumes from its last checkpoint. On 2 CPU cores the default training and sweep take hours;
-``--device cuda`` runs both on a GPU.
+the training loop of core.train (``fit_ddpm``), and the trained model cached under
+benchmarks/.cache (outside git) with its training wall time and a learning curve (SimA AUC
+at a few t after every checkpoint); an interrupted training resumes from its last
+checkpoint. The default budget (1,500 steps of batch 64) takes about an hour on 2 CPU cores.
 
 Writes benchmarks/results/attacks.json (attacks-quick.json with --quick; models not re-run
 keep their earlier entries) and the "Attacks" section of docs/benchmarks.md.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import shutil
 import time
 from pathlib import Path
 
@@ -94,57 +94,69 @@ def cifar_sets() -> tuple[torch.Tensor, list[str], torch.Tensor, list[str]]:
 # ------------------------------------------------------------------ the CIFAR-10 model
 
 
-def _ddpm_loss(unet, batch: torch.Tensor, abar: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    t = torch.randint(0, len(abar), (len(batch),), generator=gen)
-    noise = torch.randn(batch.shape, generator=gen)
-    a = abar[t].view(-1, 1, 1, 1)
-    device = next(unet.parameters()).device
-    xt = (a.sqrt() * batch + (1 - a).sqrt() * noise).to(device)
-    return (unet(xt, t.to(device)).sample - noise.to(device)).pow(2).mean()
+#: Learning curve during training: SimA AUC on this many members and held-out images at these t.
+CURVE_IMAGES = 250
+CURVE_TIMESTEPS = (25, 50, 100, 200)
 
 
-def train_cifar_ddpm(folder: Path, members: torch.Tensor, *, steps: int, batch_size: int, lr: float, seed: int,
-                     device: str) -> dict:
-    """Train the CIFAR-10 DDPM into ``folder`` (resuming a checkpoint there); returns the training record."""
+def learning_curve(members: torch.Tensor, heldout: torch.Tensor, abar: torch.Tensor, curve: list):
+    """A checkpoint callback that appends SimA's AUC at each t in CURVE_TIMESTEPS to ``curve``.
+
+    The AUC here uses every image and is read at each t separately: a progress signal for the
+    training budget, not an audit result (those come from run_audit afterwards).
+    """
+    import copy
+
+    from core.attacks.sima import SimA
+    from core.metrics import auc, membership_scores
+    from core.models.pixel import PixelModel
+
+    images = torch.cat([members[:CURVE_IMAGES], heldout[:CURVE_IMAGES]])
+    labels = np.r_[np.ones(min(CURVE_IMAGES, len(members))), np.zeros(min(CURVE_IMAGES, len(heldout)))]
+
+    def record(step: int, unet) -> None:
+        # PixelModel freezes the module it wraps, so it wraps a copy and training goes on untouched.
+        model = PixelModel(copy.deepcopy(unet), abar, name="cifar10-ddpm-in-training")
+        attack, aucs = SimA(), {}
+        for t in CURVE_TIMESTEPS:
+            # a plain loop, not sweep(): a calibration per checkpoint would cost more than the curve
+            stats = torch.cat([attack.statistic(model, images[i:i + 128], t) for i in range(0, len(images), 128)])
+            aucs[t] = round(auc(membership_scores(stats.numpy(), attack.member_when), labels), 4)
+        curve.append({"step": step, "sima_auc": aucs})
+        print(f"step {step}: SimA AUC by t {aucs}", flush=True)
+
+    return record
+
+
+def train_cifar_ddpm(folder: Path, members: torch.Tensor, heldout: torch.Tensor, *, steps: int, batch_size: int,
+                     lr: float, seed: int, device: str) -> dict:
+    """Train the CIFAR-10 DDPM into ``folder`` with core.train's loop (resuming a checkpoint there)."""
     from diffusers import DDPMScheduler, UNet2DModel
 
+    from core.train import fit_ddpm
+
+    if device != "cpu":
+        raise SystemExit("The CIFAR-10 training loop runs on the CPU (core.train); audit on --device after training.")
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
-    abar = scheduler.alphas_cumprod.to(torch.float32)
     torch.manual_seed(seed)
-    unet = UNet2DModel(**CIFAR_UNET).to(device).train()
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    ckpt, step, wall_before = folder / "checkpoint.pt", 0, 0.0
-    if ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        unet.load_state_dict(state["unet"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["gen"])
-        step, wall_before = state["step"], state["wall_s"]
-        print(f"resuming CIFAR-10 training at step {step}", flush=True)
-    started = time.perf_counter()
-    while step < steps:
-        idx = torch.randint(0, len(members), (batch_size,), generator=gen)
-        # Linear warm-up over the first 100 steps keeps the first large-lr steps from diverging.
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 100)
-        loss = _ddpm_loss(unet, members[idx], abar, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        step += 1
-        if step % 250 == 0 or step == steps:
-            wall = wall_before + time.perf_counter() - started
-            print(f"step {step}/{steps}  loss {loss.item():.4f}  {wall / 60:.1f} min", flush=True)
-            torch.save({"unet": unet.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step,
-                        "wall_s": wall}, folder / "checkpoint.tmp")
-            os.replace(folder / "checkpoint.tmp", ckpt)
-    unet.eval().to("cpu").save_pretrained(folder / "unet")
+    unet = UNet2DModel(**CIFAR_UNET)
+    curve_file = folder / "learning_curve.json"
+    curve = json.loads(curve_file.read_text()) if curve_file.is_file() else []
+
+    def on_checkpoint(step, module):
+        learning_curve(members, heldout, scheduler.alphas_cumprod, curve)(step, module)
+        curve_file.write_text(json.dumps(curve))
+
+    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": 100, "schedule": "cosine",
+                "checkpoint_every": 250}
+    fitted = fit_ddpm(unet, members, scheduler.alphas_cumprod, settings, seed=seed,
+                      checkpoint_dir=folder / "checkpoint", on_checkpoint=on_checkpoint)
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
     scheduler.save_pretrained(folder / "scheduler")
-    return {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
-            "train_wall_s": wall_before + time.perf_counter() - started,
-            "parameters": sum(p.numel() for p in unet.parameters()), "unet": CIFAR_UNET}
+    return {**settings, "seed": seed, "device": device, "threads": torch.get_num_threads(),
+            "train_wall_s": fitted["wall_time_s"], "final_loss": fitted["final_loss"],
+            "parameters": sum(p.numel() for p in unet.parameters()), "unet": CIFAR_UNET,
+            "learning_curve": [c for c in curve if c["step"] <= steps]}
 
 
 def cifar_model(args) -> tuple:
@@ -157,12 +169,12 @@ def cifar_model(args) -> tuple:
     record_file = folder / "training.json"
     if not record_file.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        record = train_cifar_ddpm(folder, members, steps=args.cifar_steps, batch_size=args.cifar_batch,
+        record = train_cifar_ddpm(folder, members, heldout, steps=args.cifar_steps, batch_size=args.cifar_batch,
                                   lr=args.cifar_lr, seed=args.seed, device=args.device)
         record.update(member_ids=member_ids, heldout_ids=heldout_ids, data=str(CIFAR_FILE.name),
                       split_seed=CIFAR_SPLIT_SEED)
         record_file.write_text(json.dumps(record, indent=1) + "\n")
-        (folder / "checkpoint.pt").unlink(missing_ok=True)
+        shutil.rmtree(folder / "checkpoint", ignore_errors=True)
     record = json.loads(record_file.read_text())
     manifest = {"member_ids": record["member_ids"], "heldout_ids": record["heldout_ids"]}
     model = PixelModel.from_folder(folder, manifest=manifest, device=args.device, name=tag)
@@ -205,7 +217,7 @@ def audit_model(model, members, member_ids, heldout, heldout_ids, args, grid: li
             "report_members": result.metrics.n_members,
             "report_nonmembers": result.metrics.n_nonmembers,
             "queries_per_sample_at_t": attack.queries_per_sample(t),
-            "queries_per_sample_grid": sum(attack.queries_per_sample(s) for s in (grid if attack.uses_timestep else grid[:1])),
+            "queries_per_sample_grid": attack.queries_for_grid(grid),
             "sweep_wall_s": result.wall_time_s,
             "sweep_s_per_1000_images": result.wall_time_s / n_images * 1000,
             "s_per_1000_images_at_t": seconds_per_1000_at(model, attack, torch.cat([members, heldout]), t, args.seed,
@@ -255,7 +267,8 @@ def markdown(payload: dict) -> str:
         f"Produced by `python benchmarks/attacks.py{' --quick' if payload['quick'] else ''}` "
         f"({payload['date']}, {payload['machine']['cpu_count']} CPU cores, torch {payload['machine']['torch']}). "
         "t is chosen by AUC on the selection half; AUC, ASR and TPR@1%FPR come from the report half with "
-        "95% bootstrap CIs. Queries are model evaluations per sample at the chosen t. Times are wall "
+        "95% bootstrap CIs. Queries are model evaluations per sample: at the chosen t alone, and for the whole "
+        "grid (SecMI shares one inversion path across the grid). Times are wall "
         "seconds per 1,000 images: one pass at the chosen t, and the whole sweep over the timestep grid. "
         "PFAMI ignores t (it averages over its own 10 steps).",
         "",
@@ -269,12 +282,12 @@ def markdown(payload: dict) -> str:
             tr = entry["training"]
             lines += [f"Trained here: {tr['parameters']:,} parameters, {tr['steps']} steps of batch {tr['batch_size']} "
                       f"on {tr['device']}, {tr['train_wall_s'] / 60:.0f} min.", ""]
-        lines += ["| attack | t | AUC | ASR | TPR@1%FPR | queries | s / 1k images at t | s / 1k images, grid |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["| attack | t | AUC | ASR | TPR@1%FPR | queries at t | queries, grid | s / 1k images at t | s / 1k images, grid |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in entry["attacks"]:
             t = "-" if r["chosen_t"] is None else r["chosen_t"]
             lines.append(f"| {r['attack']} | {t} | {_ci(r['auc'])} | {_ci(r['asr'])} | {_ci(r['tpr_at_1pct_fpr'])} | "
-                         f"{r['queries_per_sample_at_t']} | {r['s_per_1000_images_at_t']:.1f} | "
+                         f"{r['queries_per_sample_at_t']} | {r['queries_per_sample_grid']} | {r['s_per_1000_images_at_t']:.1f} | "
                          f"{r['sweep_s_per_1000_images']:.1f} |")
         lines += ["", ordering_note(entry["attacks"]), ""]
     lines += ["### Published figures (METHODS section 5b; AUC / TPR@1%FPR, best over t on the evaluation labels)", "",
@@ -299,10 +312,12 @@ def parse_args(argv=None):
     p.add_argument("--attacks", default=",".join(ATTACK_NAMES), help="comma-separated attack names")
     p.add_argument("--timesteps", default=None, help="grid for the demos, e.g. 0:200:10 (default: the audit's)")
     p.add_argument("--cifar-timesteps", default="20:140:40", help="grid for CIFAR-10 (coarse: SecMI's cost grows with t)")
-    p.add_argument("--cifar-steps", type=int, default=20000)
+    p.add_argument("--cifar-steps", type=int, default=1500)
     p.add_argument("--cifar-batch", type=int, default=64)
-    p.add_argument("--cifar-lr", type=float, default=5e-4)
+    p.add_argument("--cifar-lr", type=float, default=1e-3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's; 1 leaves a core free on a 2-core machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default 1000; 200 with --quick)")
@@ -311,6 +326,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     n_quick = 100 if args.quick else None
     args.bootstrap = args.bootstrap or (200 if args.quick else 1000)
     demo_grid = parse_timesteps(args.timesteps) if args.timesteps else (

@@ -221,10 +221,12 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def _fit(phase: str, module: torch.nn.Module, loss_fn: Callable, settings: dict, seed: int,
-         ckpt: Checkpoints, clock: Callable[[], float], progress: bool) -> float:
+         ckpt: Checkpoints, clock: Callable[[], float], progress: bool,
+         on_checkpoint: Callable[[int, torch.nn.Module], None] | None = None) -> float:
     """Optimise ``module`` with AdamW for ``settings['steps']`` steps.
 
     Returns the mean loss over the last checkpoint interval (one batch alone is too noisy).
+    ``on_checkpoint(step, module)`` runs after each checkpoint is saved, in eval mode.
     """
     from tqdm import tqdm
 
@@ -252,6 +254,10 @@ def _fit(phase: str, module: torch.nn.Module, loss_fn: Callable, settings: dict,
                 interval_loss = sum(losses) / len(losses)
                 ckpt.save(phase, module, opt, gen, step, clock(), interval_loss)
                 losses.clear()
+                if on_checkpoint is not None:
+                    module.eval()
+                    on_checkpoint(step, module)
+                    module.train()
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1] if losses else interval_loss:.4f}", refresh=False)
     module.eval()
@@ -280,6 +286,35 @@ def _ddpm_loss(data: torch.Tensor, abar: torch.Tensor) -> Callable:
         return F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * eps, t).sample, eps)
 
     return loss
+
+
+def fit_ddpm(unet: torch.nn.Module, data: torch.Tensor, alphas_cumprod: torch.Tensor, settings: dict, *, seed: int,
+             checkpoint_dir: str | Path, progress: bool = True,
+             on_checkpoint: Callable[[int, torch.nn.Module], None] | None = None) -> dict:
+    """Train an epsilon-prediction ``unet`` on ``data`` ([-1, 1] images) with the demo trainer's loop.
+
+    For models trained outside the digits configs (the CIFAR-10 benchmark model): the same
+    AdamW steps, warm-up, schedule, clipping and resumable checkpoints as ``train``.
+    ``settings`` are the ``train`` phase keys (missing ones take the defaults). A checkpoint in
+    ``checkpoint_dir`` is resumed only if it was made with the same settings, seed, data shape
+    and architecture. Returns ``{"final_loss", "wall_time_s"}``; the wall time includes resumed runs.
+    """
+    unknown = sorted(set(settings) - set(_PHASE))
+    if unknown:
+        raise SimaError(f"Unknown training settings {unknown}; the keys are {sorted(_PHASE)}.")
+    settings = {**_PHASE, **settings}
+    identity = {"settings": settings, "seed": seed, "data": list(data.shape), "unet": dict(unet.config)}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    ckpt = Checkpoints(Path(checkpoint_dir), {"unet": digest})
+    done_before = ckpt.progress()["wall_time_s"]
+    started = time.perf_counter()
+
+    def clock() -> float:
+        return done_before + time.perf_counter() - started
+
+    loss = _fit("unet", unet, _ddpm_loss(data, alphas_cumprod.to(torch.float32)), settings, seed, ckpt, clock,
+                progress, on_checkpoint)
+    return {"final_loss": loss, "wall_time_s": clock()}
 
 
 def _vae_loss(data: torch.Tensor, beta: float) -> Callable:

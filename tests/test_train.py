@@ -181,3 +181,31 @@ def test_only_the_phases_a_change_affects_must_restart():
     assert digests(longer_unet)["vae"] == digests(base)["vae"] and digests(longer_unet)["unet"] != digests(base)["unet"]
     assert all(digests(other_beta)[p] != digests(base)[p] for p in ("vae", "unet"))
     assert digests(renamed) == digests(base)
+
+
+def test_fit_ddpm_resumes_an_interrupted_run_to_the_same_weights(tmp_path):
+    from tests.helpers import ddpm_abar, tiny_unet
+
+    data = torch.rand(12, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    settings = {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "warmup_steps": 1}
+    whole = tiny_unet()
+    seen = []
+    training.fit_ddpm(whole, data, ddpm_abar(), settings, seed=3, checkpoint_dir=tmp_path / "a", progress=False,
+                      on_checkpoint=lambda step, module: seen.append((step, module.training)))
+    assert seen == [(2, False), (4, False)]  # the callback sees the module in eval mode
+
+    def crash(step, module):
+        raise KeyboardInterrupt
+
+    resumed = tiny_unet()
+    with pytest.raises(KeyboardInterrupt):
+        training.fit_ddpm(resumed, data, ddpm_abar(), settings, seed=3, checkpoint_dir=tmp_path / "b",
+                          progress=False, on_checkpoint=crash)
+    resumed = tiny_unet()  # a fresh process would start from fresh weights and find the checkpoint
+    fitted = training.fit_ddpm(resumed, data, ddpm_abar(), settings, seed=3, checkpoint_dir=tmp_path / "b",
+                               progress=False)
+    assert math.isfinite(fitted["final_loss"]) and fitted["wall_time_s"] > 0
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(SimaError, match="Unknown training settings"):
+        training.fit_ddpm(tiny_unet(), data, ddpm_abar(), {"epochs": 3}, seed=3, checkpoint_dir=tmp_path / "c")
