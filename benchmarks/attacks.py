@@ -355,7 +355,7 @@ def main(argv=None) -> int:
         RESULTS.mkdir(parents=True, exist_ok=True)
         out_file.write_text(json.dumps(payload, indent=1) + "\n")
     replace_section(SECTION, markdown(payload))
-    print(f"wrote {out_file.relative_to(ROOT)} and the '{SECTION}' section of {DOC.relative_to(ROOT)}")
+    print(f"wrote {out_file} and the '{SECTION}' section of {DOC}")
     return 0
 
 

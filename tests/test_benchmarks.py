@@ -1,0 +1,62 @@
+"""The attack benchmark: its ordering verdict, a tiny end-to-end run, and committed tables that match their data."""
+
+import functools
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        yield importlib.import_module("attacks")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def _rows(**auc):
+    return [{"attack": name, "auc": {"value": value}} for name, value in auc.items()]
+
+
+def test_the_ordering_verdict_holds_only_when_every_pair_is_in_order(bench):
+    ordered = dict(sima=0.9, pia=0.9, secmi=0.85, loss=0.8, pfami=0.7)
+    assert "ordering holds" in bench.ordering_note(_rows(**ordered))
+    note = bench.ordering_note(_rows(**{**ordered, "pia": 0.95, "pfami": 0.88}))
+    assert "does not hold" in note and "SimA < PIA" in note and "SecMI < PFAMI" in note
+    assert "tie" in bench.ordering_note(_rows(sima=1.0, pia=1.0, secmi=1.0, loss=1.0, pfami=0.5))
+    assert "not all were run" in bench.ordering_note(_rows(sima=0.9, pia=0.8))
+
+
+def test_a_tiny_run_writes_every_attack_row_and_its_costs(bench, tmp_path, monkeypatch):
+    from core.attacks import SecMI
+
+    doc = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench, "replace_section", functools.partial(bench.replace_section, path=doc))
+    argv = ["--quick", "--models", "digits-empirical", "--attacks", "sima,secmi,loss", "--bootstrap", "20"]
+    assert bench.main(argv) == 0
+    payload = json.loads((tmp_path / "attacks-quick.json").read_text())
+    entry = payload["models"]["digits-empirical"]
+    assert [r["attack"] for r in entry["attacks"]] == ["sima", "secmi", "loss"]
+    assert entry["n_members"] == entry["n_heldout"] == 100 and entry["timesteps"] == [0, 20, 40, 60, 80, 100]
+    secmi = entry["attacks"][1]
+    assert secmi["queries_per_sample_grid"] == SecMI().queries_for_grid(entry["timesteps"])
+    assert secmi["queries_per_sample_at_t"] == SecMI().queries_per_sample(secmi["chosen_t"])
+    for row in entry["attacks"]:
+        assert 0 <= row["auc"]["value"] <= 1 and row["s_per_1000_images_at_t"] > 0
+    text = doc.read_text()
+    assert "### digits-empirical" in text and text.count("\n| sima |") == 1 and "not all were run" in text
+
+
+def test_the_committed_attack_tables_are_rendered_from_the_committed_results(bench):
+    results = ROOT / "benchmarks" / "results" / "attacks.json"
+    if not results.is_file():
+        pytest.skip("benchmarks/results/attacks.json is not committed yet; run python benchmarks/attacks.py")
+    table = bench.markdown(json.loads(results.read_text()))
+    assert table.strip() in (ROOT / "docs" / "benchmarks.md").read_text()
