@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import DOC, RESULTS, ROOT, machine, replace_section
+from common import DOC, RESULTS, ROOT, machine, replace_marked_block, replace_section
 
 from core import demo_names, load_model  # noqa: E402
 from core.attacks import ATTACK_NAMES, parse_attacks  # noqa: E402
@@ -41,6 +41,7 @@ from core.hashing import row_digests  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache"
 SECTION = "Attacks"
+README = ROOT / "README.md"
 CIFAR_FILE = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10_train_12k.npz"
 CIFAR_SPLIT_SEED = 0
 CIFAR_MEMBERS = CIFAR_HELDOUT = 1000
@@ -245,21 +246,58 @@ def _ci(estimate: dict) -> str:
 DISPLAY = {"sima": "SimA", "pia": "PIA", "secmi": "SecMI", "loss": "Loss", "pfami": "PFAMI"}
 
 
-def ordering_note(rows: list[dict]) -> str:
-    """Whether SimA >= PIA and SecMI, and all three > Loss and PFAMI, by report-half point AUC."""
+PAIRS = [("sima", "pia"), ("sima", "secmi")] + [(hi, lo) for hi in ("sima", "pia", "secmi") for lo in ("loss", "pfami")]
+
+
+def _ordering(rows: list[dict]) -> tuple[list[str], list[str]] | None:
+    """(reversed pairs, tied pairs) of the published ordering by point AUC; None if an attack is missing."""
     auc = {r["attack"]: r["auc"]["value"] for r in rows if r["auc"]["value"] is not None}
     if not all(a in auc for a in DISPLAY):
-        return "The ordering check needs SimA, PIA, SecMI, Loss and PFAMI; not all were run."
-    pairs = [("sima", "pia"), ("sima", "secmi")] + [(hi, lo) for hi in ("sima", "pia", "secmi") for lo in ("loss", "pfami")]
-    reversed_ = [f"{DISPLAY[hi]} < {DISPLAY[lo]}" for hi, lo in pairs if auc[hi] < auc[lo]]
+        return None
+    reversed_ = [f"{DISPLAY[hi]} < {DISPLAY[lo]}" for hi, lo in PAIRS if auc[hi] < auc[lo]]
     # Only the strict "above Loss and PFAMI" pairs can fail by a tie (e.g. every attack at AUC 1).
-    ties = [f"{DISPLAY[hi]} = {DISPLAY[lo]}" for hi, lo in pairs[2:] if auc[hi] == auc[lo]]
+    ties = [f"{DISPLAY[hi]} = {DISPLAY[lo]}" for hi, lo in PAIRS[2:] if auc[hi] == auc[lo]]
+    return reversed_, ties
+
+
+def ordering_note(rows: list[dict]) -> str:
+    """Whether SimA >= PIA and SecMI, and all three > Loss and PFAMI, by report-half point AUC."""
+    found = _ordering(rows)
+    if found is None:
+        return "The ordering check needs SimA, PIA, SecMI, Loss and PFAMI; not all were run."
+    reversed_, ties = found
     if reversed_:
         return "The published ordering does not hold here by point AUC: " + "; ".join(reversed_ + ties) + "."
     if ties:
         return "No pair is reversed, but these tie by point AUC, so the ordering is not shown: " + "; ".join(ties) + "."
     return ("The published ordering holds here by point AUC: SimA >= PIA and SecMI, and all three above "
             "Loss and PFAMI (overlapping CIs are not differences).")
+
+
+def ordering_short(rows: list[dict]) -> str:
+    found = _ordering(rows)
+    if found is None:
+        return "not checked"
+    reversed_, ties = found
+    return "no: " + ", ".join(reversed_) if reversed_ else ("ties: " + ", ".join(ties) if ties else "yes")
+
+
+def headline(payload: dict) -> str:
+    """The README table: point AUC / TPR@1%FPR of the published attacks on our models and in the paper."""
+    def cell(rows: dict, name: str) -> str:
+        r = rows.get(name)
+        if r is None or r["auc"]["value"] is None:
+            return "-"
+        tpr = r["tpr_at_1pct_fpr"]["value"]
+        return f"{r['auc']['value']:.3f} / " + ("n/a" if tpr is None else f"{tpr:.3f}")
+
+    lines = ["| model | SimA | PIA | SecMI | Loss | PFAMI | published ordering holds |", "|---|---|---|---|---|---|---|"]
+    for name, entry in payload["models"].items():
+        rows = {r["attack"]: r for r in entry["attacks"]}
+        lines.append(f"| {name} (ours) | " + " | ".join(cell(rows, a) for a in DISPLAY) + f" | {ordering_short(entry['attacks'])} |")
+    for name, row in PUBLISHED.items():
+        lines.append(f"| {name} (published) | " + " | ".join(f"{row[a][0]:.3f} / {row[a][1]:.3f}" for a in DISPLAY) + " | yes |")
+    return "\n".join(lines)
 
 
 def markdown(payload: dict) -> str:
@@ -290,12 +328,10 @@ def markdown(payload: dict) -> str:
                          f"{r['queries_per_sample_at_t']} | {r['queries_per_sample_grid']} | {r['s_per_1000_images_at_t']:.1f} | "
                          f"{r['sweep_s_per_1000_images']:.1f} |")
         lines += ["", ordering_note(entry["attacks"]), ""]
-    lines += ["### Published figures (METHODS section 5b; AUC / TPR@1%FPR, best over t on the evaluation labels)", "",
-              "| model / data | SimA | PIA | SecMI | Loss | PFAMI |", "|---|---|---|---|---|---|"]
-    for name, row in PUBLISHED.items():
-        cells = " | ".join(f"{row[a][0]:.3f} / {row[a][1]:.3f}" for a in ("sima", "pia", "secmi", "loss", "pfami"))
-        lines.append(f"| {name} | {cells} |")
-    lines += ["", "The published figures pick each metric's best t on the evaluation labels; ours choose t on a "
+    lines += ["### Beside the published figures (METHODS section 5b)", "",
+              "AUC / TPR@1%FPR. Ours: report half, point values (CIs above). Published: best over t on the "
+              "evaluation labels.", "", headline(payload), "",
+              "The published figures pick each metric's best t on the evaluation labels; ours choose t on a "
               "separate half, so they are not optimistic in that way and are expected to be lower.", ""]
     return "\n".join(lines)
 
@@ -355,6 +391,8 @@ def main(argv=None) -> int:
         RESULTS.mkdir(parents=True, exist_ok=True)
         out_file.write_text(json.dumps(payload, indent=1) + "\n")
     replace_section(SECTION, markdown(payload))
+    if not args.quick:
+        replace_marked_block(README, "attack-benchmark", headline(payload))
     print(f"wrote {out_file} and the '{SECTION}' section of {DOC}")
     return 0
 

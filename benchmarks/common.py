@@ -53,3 +53,14 @@ def replace_section(title: str, body: str, path: Path = DOC) -> None:
         text = text.rstrip("\n") + "\n\n" + header + "\n" + body.rstrip("\n") + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def replace_marked_block(path: Path, name: str, body: str) -> None:
+    """Rewrite the block between ``<!-- name:start -->`` and ``<!-- name:end -->`` of a file."""
+    from core.cli import replace_marked
+
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = replace_marked(path.read_text(), start, end, f"{start}\n{body.strip()}\n{end}")
+    if text is None:
+        raise SystemExit(f"{path} has no {start} ... {end} block to rewrite.")
+    path.write_text(text)

@@ -140,12 +140,17 @@ def write_card(path: Path, results, command: str) -> None:
         CARD_END,
     ])
     text = path.read_text() if path.is_file() else ""
-    if CARD_START in text and CARD_END in text:
-        head, rest = text.split(CARD_START, 1)
-        text = head + body + rest.split(CARD_END, 1)[1]
-    else:
-        text = text.rstrip() + ("\n\n" if text else "") + "## Audit\n\n" + body + "\n"
-    path.write_text(text)
+    replaced = replace_marked(text, CARD_START, CARD_END, body)
+    path.write_text(replaced if replaced is not None else text.rstrip() + ("\n\n" if text else "") + "## Audit\n\n" + body + "\n")
+
+
+def replace_marked(text: str, start: str, end: str, body: str) -> str | None:
+    """``text`` with everything from marker ``start`` to marker ``end`` replaced by ``body`` (which
+    carries the markers again); None when the markers are missing."""
+    if start not in text or end not in text:
+        return None
+    head, rest = text.split(start, 1)
+    return head + body + rest.split(end, 1)[1]
 
 
 def cmd_audit(args) -> int:
