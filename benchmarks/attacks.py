@@ -28,6 +28,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -196,8 +197,8 @@ def seconds_per_1000_at(model, attack, images: torch.Tensor, t: int, seed: int, 
     return (time.perf_counter() - start) / len(sample) * 1000
 
 
-def audit_model(model, members, member_ids, heldout, heldout_ids, args, grid: list[int]) -> list[dict]:
-    rows = []
+def audit_model(model, members, member_ids, heldout, heldout_ids, args, grid: list[int]) -> Iterator[dict]:
+    """One result row per attack, yielded as each finishes."""
     n_images = len(members) + len(heldout)
     for attack in parse_attacks(args.attacks):
         print(f"  {attack.describe()} ...", flush=True)
@@ -206,7 +207,7 @@ def audit_model(model, members, member_ids, heldout, heldout_ids, args, grid: li
                            n_bootstrap=args.bootstrap)
         m = result.metrics.to_dict()
         t = result.chosen_t
-        rows.append({
+        row = {
             "attack": attack.name,
             "attack_params": result.attack_params,
             "member_when": attack.member_when,
@@ -224,11 +225,12 @@ def audit_model(model, members, member_ids, heldout, heldout_ids, args, grid: li
             "s_per_1000_images_at_t": seconds_per_1000_at(model, attack, torch.cat([members, heldout]), t, args.seed,
                                                           args.batch_size),
             "per_t": result.per_t,
-        })
-        r = rows[-1]
-        print(f"    AUC {r['auc']['value']:.3f}  TPR@1%FPR {r['tpr_at_1pct_fpr']['value']}  t={t}  "
-              f"{r['sweep_wall_s']:.0f} s", flush=True)
-    return rows
+            "torch_threads": torch.get_num_threads(),
+            "load_average_1min": machine()["load_average_1min"],
+        }
+        print(f"    AUC {row['auc']['value']:.3f}  TPR@1%FPR {row['tpr_at_1pct_fpr']['value']}  t={t}  "
+              f"{row['sweep_wall_s']:.0f} s", flush=True)
+        yield row
 
 
 # --------------------------------------------------------------------------- reporting
@@ -318,7 +320,8 @@ def markdown(payload: dict) -> str:
         grid = entry["timesteps"]
         lines += [f"### {name}", "", entry["description"], "",
                   f"{entry['n_members']} members, {entry['n_heldout']} held-out; timesteps {grid[0]}..{grid[-1]} "
-                  f"({len(grid)} values).", ""]
+                  f"({len(grid)} values). Measured {entry['date']} with {entry['machine']['torch_threads']} torch "
+                  f"thread(s), 1-minute load {entry['machine']['load_average_1min']} at the start.", ""]
         if entry.get("training"):
             tr = entry["training"]
             lines += [f"Trained here: {tr['parameters']:,} parameters, {tr['steps']} steps of batch {tr['batch_size']} "
@@ -372,8 +375,12 @@ def main(argv=None) -> int:
     demo_grid = parse_timesteps(args.timesteps) if args.timesteps else (
         list(range(0, 101, 20)) if args.quick else list(DEFAULT_TIMESTEPS))
     out_file = RESULTS / ("attacks-quick.json" if args.quick else "attacks.json")
-    payload = json.loads(out_file.read_text()) if out_file.is_file() else {"models": {}}
-    payload.update(quick=args.quick, date=time.strftime("%Y-%m-%d"), machine=machine(), seed=args.seed)
+    run_info = {"quick": args.quick, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "seed": args.seed}
+
+    def load_results() -> dict:
+        # Re-read before each write: a CIFAR run and a demo run may share the file.
+        payload = json.loads(out_file.read_text()) if out_file.is_file() else {"models": {}}
+        return {**payload, **run_info}
 
     jobs = []
     if not args.no_demos:
@@ -386,13 +393,21 @@ def main(argv=None) -> int:
     for name, load, grid in jobs:
         model, members, mids, heldout, hids, description, training = load()
         print(f"{name}: {len(members)} members, {len(heldout)} held-out, {len(grid)} timesteps", flush=True)
-        payload["models"][name] = {
-            "description": description, "fingerprint": model.fingerprint, "timesteps": grid,
-            "n_members": len(members), "n_heldout": len(heldout), "training": training,
-            "attacks": audit_model(model, members, mids, heldout, hids, args, grid),
-        }
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        out_file.write_text(json.dumps(payload, indent=1) + "\n")
+        entry = {"description": description, "fingerprint": model.fingerprint, "timesteps": grid,
+                 "n_members": len(members), "n_heldout": len(heldout), "training": training,
+                 "date": run_info["date"], "machine": run_info["machine"]}
+        before = load_results()["models"].get(name, {})
+        # Rows of an earlier run on the same model, data and grid are kept, so attacks can be added a run at a time.
+        same = all(before.get(k) == entry[k] for k in ("fingerprint", "timesteps", "n_members", "n_heldout"))
+        rows = {r["attack"]: r for r in before.get("attacks", [])} if same else {}
+        for row in audit_model(model, members, mids, heldout, hids, args, grid):
+            rows[row["attack"]] = row
+            payload = load_results()
+            payload["models"][name] = {**entry, "attacks": [rows[a] for a in ATTACK_NAMES if a in rows]}
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            out_file.with_suffix(".tmp").write_text(json.dumps(payload, indent=1) + "\n")
+            out_file.with_suffix(".tmp").replace(out_file)
+    payload = load_results()
     replace_section(SECTION, markdown(payload))
     if not args.quick:
         replace_marked_block(README, "attack-benchmark", headline(payload))
