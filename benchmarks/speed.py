@@ -202,7 +202,27 @@ def markdown(result: dict, quick: bool) -> str:
               "Streamed audits (PNG files read one chunk at a time, a tiny 3x8x8 model, 2 timesteps), each in a fresh process:",
               "", "| member images N | peak memory (MB) | audit time (s) |", "|---|---|---|"]
     lines += [f"| {r['n']:,} | {r['peak_memory_mb']} | {r['seconds']} |" for r in result["scale"]]
+    lines += ["", "Targets (issue 8), worst case over the models above:", "", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {name} | {measured} | {'yes' if met else 'NO'} |" for name, measured, met in targets(result)]
     return "\n".join(lines)
+
+
+def targets(result: dict) -> list[tuple[str, str, bool]]:
+    """(target, worst measured value, met) for each performance promise."""
+    models = result["models"]
+    ratio = min(r["sima_over_bare"] for r in models)
+    naive = max(r["naive_loop_images_per_s"] / r["sima_sweep_images_per_s"] for r in models)
+    cached = min(r["cached_rerun_speedup"] for r in models)
+    peaks = [r["peak_memory_mb"] for r in result["scale"]]
+    growth = (max(peaks) - peaks[0]) / peaks[0]
+    sizes = f"N = {result['scale'][0]['n']:,} to {result['scale'][-1]['n']:,}"
+    return [
+        ("SimA sweep at least 0.9 of the bare forward", f"{ratio:.2f}", ratio >= 0.9),
+        ("a naive per-timestep loop no faster than the sweep", f"naive / sweep {naive:.2f}", naive <= 1.0),
+        ("cached rerun at least 50x faster than the first run", f"{cached:.0f}x", cached >= 50),
+        # Flat means no growth with N beyond noise: 5% of the baseline allows for allocator jitter.
+        ("peak memory flat as N grows", f"{growth:+.1%} over {sizes}", growth <= 0.05),
+    ]
 
 
 def main(argv=None) -> int:

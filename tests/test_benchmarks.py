@@ -61,3 +61,24 @@ def test_the_committed_attack_tables_are_rendered_from_the_committed_results(ben
     payload = json.loads(results.read_text())
     assert bench.markdown(payload).strip() in (ROOT / "docs" / "benchmarks.md").read_text()
     assert bench.headline(payload) in (ROOT / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def speed():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        yield importlib.import_module("speed")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_speed_targets_report_the_worst_model_and_fail_honestly(speed):
+    fast = {"sima_over_bare": 1.2, "naive_loop_images_per_s": 90.0, "sima_sweep_images_per_s": 100.0,
+            "cached_rerun_speedup": 300.0}
+    slow = {**fast, "sima_over_bare": 0.85, "cached_rerun_speedup": 40.0}
+    scale = [{"n": 1000, "peak_memory_mb": 500.0}, {"n": 20000, "peak_memory_mb": 510.0}]
+    met = [m for _, _, m in speed.targets({"models": [fast], "scale": scale})]
+    assert met == [True, True, True, True]
+    rows = speed.targets({"models": [fast, slow], "scale": [scale[0], {"n": 20000, "peak_memory_mb": 700.0}]})
+    assert [m for _, _, m in rows] == [False, True, False, False]
+    assert rows[0][1] == "0.85" and rows[2][1] == "40x" and "+40.0%" in rows[3][1]
