@@ -396,13 +396,14 @@ def main(argv=None) -> int:
         entry = {"description": description, "fingerprint": model.fingerprint, "timesteps": grid,
                  "n_members": len(members), "n_heldout": len(heldout), "training": training,
                  "date": run_info["date"], "machine": run_info["machine"]}
-        before = load_results()["models"].get(name, {})
-        # Rows of an earlier run on the same model, data and grid are kept, so attacks can be added a run at a time.
-        same = all(before.get(k) == entry[k] for k in ("fingerprint", "timesteps", "n_members", "n_heldout"))
-        rows = {r["attack"]: r for r in before.get("attacks", [])} if same else {}
         for row in audit_model(model, members, mids, heldout, hids, args, grid):
-            rows[row["attack"]] = row
             payload = load_results()
+            # Rows already there for the same model, data and grid are kept (an earlier run, or another
+            # process auditing other attacks now), so attacks can be added a run at a time.
+            before = payload["models"].get(name, {})
+            same = all(before.get(k) == entry[k] for k in ("fingerprint", "timesteps", "n_members", "n_heldout"))
+            rows = {r["attack"]: r for r in before.get("attacks", [])} if same else {}
+            rows[row["attack"]] = row
             payload["models"][name] = {**entry, "attacks": [rows[a] for a in ATTACK_NAMES if a in rows]}
             RESULTS.mkdir(parents=True, exist_ok=True)
             out_file.with_suffix(".tmp").write_text(json.dumps(payload, indent=1) + "\n")
