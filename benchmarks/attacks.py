@@ -325,7 +325,17 @@ def markdown(payload: dict) -> str:
         if entry.get("training"):
             tr = entry["training"]
             lines += [f"Trained here: {tr['parameters']:,} parameters, {tr['steps']} steps of batch {tr['batch_size']} "
-                      f"on {tr['device']}, {tr['train_wall_s'] / 60:.0f} min.", ""]
+                      f"(lr {tr['lr']:g}, {tr['schedule']}) on {tr['device']} with {tr.get('threads', '?')} thread(s), "
+                      f"{tr['train_wall_s'] / 60:.0f} min.", ""]
+            if tr.get("learning_curve"):
+                steps = [c["step"] for c in tr["learning_curve"]]
+                ts = list(tr["learning_curve"][0]["sima_auc"])
+                lines += [f"Learning curve: SimA AUC on the first {CURVE_IMAGES} members and {CURVE_IMAGES} held-out "
+                          "images at each checkpoint (each t read separately; a progress signal, not an audit).", "",
+                          "| t | " + " | ".join(f"step {s}" for s in steps) + " |", "|---" * (len(steps) + 1) + "|"]
+                lines += [f"| {t} | " + " | ".join(f"{c['sima_auc'][t]:.3f}" for c in tr["learning_curve"]) + " |"
+                          for t in ts]
+                lines.append("")
         lines += ["| attack | t | AUC | ASR | TPR@1%FPR | queries at t | queries, grid | s / 1k images at t | s / 1k images, grid |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in entry["attacks"]:
