@@ -73,7 +73,7 @@ def speed():
 
 
 def test_speed_targets_report_the_worst_model_and_fail_honestly(speed):
-    fast = {"sima_over_bare": 1.2, "naive_loop_images_per_s": 90.0, "sima_sweep_images_per_s": 100.0,
+    fast = {"parameters": 10, "sima_over_bare": 1.2, "naive_loop_images_per_s": 90.0, "sima_sweep_images_per_s": 100.0,
             "cached_rerun_speedup": 300.0}
     slow = {**fast, "sima_over_bare": 0.85, "cached_rerun_speedup": 40.0}
     scale = [{"n": 1000, "peak_memory_mb": 500.0}, {"n": 20000, "peak_memory_mb": 510.0}]
@@ -82,3 +82,5 @@ def test_speed_targets_report_the_worst_model_and_fail_honestly(speed):
     rows = speed.targets({"models": [fast, slow], "scale": [scale[0], {"n": 20000, "peak_memory_mb": 700.0}]})
     assert [m for _, _, m in rows] == [False, True, False, False]
     assert rows[0][1] == "0.85" and rows[2][1] == "40x" and "+40.0%" in rows[3][1]
+    closed_form = {**slow, "parameters": 0}  # the empirical denoiser: shown, not counted
+    assert [m for _, _, m in speed.targets({"models": [fast, closed_form], "scale": scale})] == [True] * 4
