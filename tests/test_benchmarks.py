@@ -30,7 +30,10 @@ def test_the_ordering_verdict_holds_only_when_every_pair_is_in_order(bench):
     note = bench.ordering_note(_rows(**{**ordered, "pia": 0.95, "pfami": 0.88}))
     assert "does not hold" in note and "SimA < PIA" in note and "SecMI < PFAMI" in note
     assert "tie" in bench.ordering_note(_rows(sima=1.0, pia=1.0, secmi=1.0, loss=1.0, pfami=0.5))
-    assert "not all were run" in bench.ordering_note(_rows(sima=0.9, pia=0.8))
+    partial = _rows(sima=0.55, pia=0.59, secmi=0.55, loss=0.52)  # PFAMI not run: the other pairs still count
+    assert bench.ordering_short(partial) == "no: SimA < PIA; PFAMI not run"
+    assert "PFAMI not run" in bench.ordering_note(partial) and "SimA < PIA" in bench.ordering_note(partial)
+    assert bench.ordering_short(_rows(sima=0.9, pia=0.8)) == "partly: SecMI, Loss, PFAMI not run"
 
 
 def test_a_tiny_run_writes_every_attack_row_and_its_costs(bench, tmp_path, monkeypatch):
@@ -51,7 +54,7 @@ def test_a_tiny_run_writes_every_attack_row_and_its_costs(bench, tmp_path, monke
     for row in entry["attacks"]:
         assert 0 <= row["auc"]["value"] <= 1 and row["s_per_1000_images_at_t"] > 0
     text = doc.read_text()
-    assert "### digits-empirical" in text and text.count("\n| sima |") == 1 and "not all were run" in text
+    assert "### digits-empirical" in text and text.count("\n| sima |") == 1 and "PFAMI not run" in text
 
 
 def test_the_committed_attack_tables_are_rendered_from_the_committed_results(bench):
