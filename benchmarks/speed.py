@@ -64,19 +64,14 @@ def peak_memory_mb() -> float:
 MIN_SECONDS, MAX_RUNS = 2.0, 20
 
 
-def fastest(*runs) -> list[float]:
-    """Seconds of the fastest call of each of ``runs``, called in turn (see MIN_SECONDS).
-
-    Calls alternate so that a drift in the machine's speed (another process, clock changes)
-    touches every contender alike instead of whichever was timed last.
-    """
-    times: list[list[float]] = [[] for _ in runs]
-    while not times[0] or (min(sum(t) for t in times) < MIN_SECONDS and len(times[0]) < MAX_RUNS):
-        for run, spent in zip(runs, times):
-            start = time.perf_counter()
-            run()
-            spent.append(time.perf_counter() - start)
-    return [min(t) for t in times]
+def fastest(run) -> float:
+    """Seconds of the fastest of repeated calls of ``run`` (see MIN_SECONDS)."""
+    times: list[float] = []
+    while not times or (sum(times) < MIN_SECONDS and len(times) < MAX_RUNS):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def naive_loop(model, x0, grid, batch_size) -> None:
@@ -109,26 +104,24 @@ def _bench_model(model, n: int, grid: list[int], baselines: list[str], candidate
         for _ in range(passes):
             model.eps(xb, tb)
 
-    bare_s, sweep_s, naive_s = fastest(bare_run, lambda: SimA().sweep(model, x0, grid, batch_size=best),
-                                       lambda: naive_loop(model, x0, grid, best))
-    bare, sweep, naive = best * passes / bare_s, pairs / sweep_s, pairs / naive_s
+    bare = best * passes / fastest(bare_run)
+    sweep = pairs / fastest(lambda: SimA().sweep(model, x0, grid, batch_size=best))
+    naive = pairs / fastest(lambda: naive_loop(model, x0, grid, best))
 
     with tempfile.TemporaryDirectory() as folder:
         fresh = itertools.count()
         # every first run writes into a cache of its own, so each one really is a first run
+        first = fastest(lambda: SimA().sweep(model, x0, grid, batch_size=best, cache=ScoreCache(f"{folder}/{next(fresh)}")))
         cache = ScoreCache(f"{folder}/{next(fresh)}")
         SimA().sweep(model, x0, grid, batch_size=best, cache=cache)
-        first, rerun = fastest(
-            lambda: SimA().sweep(model, x0, grid, batch_size=best, cache=ScoreCache(f"{folder}/{next(fresh)}")),
-            lambda: SimA().sweep(model, x0, grid, batch_size=best, cache=cache))
+        rerun = fastest(lambda: SimA().sweep(model, x0, grid, batch_size=best, cache=cache))
 
     relative = {}
     few = x0[: max(2, n // 8)]
+    sima_time = fastest(lambda: SimA().sweep(model, few, grid[:2], batch_size=best))
     for name in baselines:
         attack = get_attack(name)
-        sima_time, attack_time = fastest(lambda: SimA().sweep(model, few, grid[:2], batch_size=best),
-                                         lambda: attack.sweep(model, few, grid[:2], batch_size=best, seed=0))
-        relative[name] = round(attack_time / sima_time, 2)
+        relative[name] = round(fastest(lambda: attack.sweep(model, few, grid[:2], batch_size=best, seed=0)) / sima_time, 2)
 
     return {
         "model": model.name,

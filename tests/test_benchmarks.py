@@ -87,12 +87,3 @@ def test_speed_targets_report_the_worst_model_and_fail_honestly(speed):
     assert rows[0][1] == "0.85" and rows[2][1] == "40x" and "+40.0%" in rows[3][1]
     closed_form = {**slow, "parameters": 0}  # the empirical denoiser: shown, not counted
     assert [m for _, _, m in speed.targets({"models": [fast, closed_form], "scale": scale})] == [True] * 4
-
-
-def test_speed_timings_alternate_the_contenders_and_keep_each_ones_fastest_call(speed, monkeypatch):
-    calls = []
-    clock = iter(range(1000))
-    monkeypatch.setattr(speed.time, "perf_counter", lambda: float(next(clock)))
-    monkeypatch.setattr(speed, "MIN_SECONDS", 3.0)
-    assert speed.fastest(lambda: calls.append("a"), lambda: calls.append("b")) == [1.0, 1.0]
-    assert calls == ["a", "b", "a", "b", "a", "b"]  # in turn, until each has 3 s of runs
