@@ -11,13 +11,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def bench():
+def _script(name: str):
+    """A benchmark script imported as a module (the scripts import their neighbour common.py)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        yield importlib.import_module("attacks")
+        yield importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    yield from _script("attacks")
 
 
 def _rows(**auc):
@@ -68,11 +73,7 @@ def test_the_committed_attack_tables_are_rendered_from_the_committed_results(ben
 
 @pytest.fixture(scope="module")
 def speed():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        yield importlib.import_module("speed")
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    yield from _script("speed")
 
 
 def test_speed_targets_report_the_worst_model_and_fail_honestly(speed):
