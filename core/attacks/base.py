@@ -44,6 +44,11 @@ def noised(model: DiffusionModel, x0: torch.Tensor, t: torch.Tensor, noise: torc
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
+def _check_samples(x0: torch.Tensor) -> None:
+    if x0.dim() != 4 or x0.shape[0] == 0:
+        raise DataError("Give a non-empty batch of samples shaped (N, C, H, W).")
+
+
 class Attack(abc.ABC):
     """A membership statistic. Subclasses set ``name``, ``member_when`` and ``noise_draws``.
 
@@ -103,8 +108,7 @@ class Attack(abc.ABC):
         Random attacks take ``noise`` of shape (N, noise_draws, *sample_shape), or draw it
         from ``generator``; one of the two is required so that no result is unseeded.
         """
-        if x0.dim() != 4 or x0.shape[0] == 0:
-            raise DataError("Give a non-empty batch of samples shaped (N, C, H, W).")
+        _check_samples(x0)
         t = model.timesteps(t, x0.shape[0])
         if self.noise_draws:
             expected = (x0.shape[0], self.noise_draws, *x0.shape[1:])
@@ -221,8 +225,7 @@ class Attack(abc.ABC):
 
     def grid_statistic(self, model: DiffusionModel, x0: torch.Tensor, timesteps: Sequence[int]) -> torch.Tensor:
         """Statistics at every t of ``timesteps`` (float64, N x len(timesteps)) with work shared across t."""
-        if x0.dim() != 4 or x0.shape[0] == 0:
-            raise DataError("Give a non-empty batch of samples shaped (N, C, H, W).")
+        _check_samples(x0)
         steps = [int(s) for s in timesteps]
         model.timesteps(torch.tensor(steps), len(steps))
         with torch.inference_mode():
