@@ -80,7 +80,7 @@ def subsample(images: torch.Tensor, ids: list[str], n: int | None, seed: int) ->
 
 def cifar_sets() -> tuple[torch.Tensor, list[str], torch.Tensor, list[str]]:
     """1,000 members and 1,000 held-out CIFAR-10 images in [-1, 1], drawn with a fixed seed."""
-    from core.data import images_from_array
+    from core.images import images_from_array
 
     if not CIFAR_FILE.is_file():
         raise SystemExit(f"{CIFAR_FILE} is missing: the CIFAR-10 part reads it from the shared data folder.")

@@ -7,7 +7,7 @@ Regenerates the hostile corpus of tests/hostile.py in a temporary folder and run
 through ``core.data.load_images`` and through the real ``sima score`` (each file alone in one
 driver process, and the whole corpus in one ``python -m core.cli`` process). Then random
 inputs, seeded with numpy: random and damaged byte strings and random valid images through
-``core.data.load_image``, random score/label arrays through ``core.metrics.evaluate``, and
+``core.images.load_image``, random score/label arrays through ``core.metrics.evaluate``, and
 random audits through the audit protocol (``core.audit.split_halves`` and ``_assemble``).
 
 An input is handled when it gives a valid result (a finite tensor of the model's shape in
@@ -43,7 +43,8 @@ from PIL import Image  # noqa: E402
 
 from core import metrics  # noqa: E402
 from core.audit import _assemble, split_halves  # noqa: E402
-from core.data import load_image, load_images  # noqa: E402
+from core.data import load_images  # noqa: E402
+from core.images import load_image  # noqa: E402
 from core.errors import DataError, ImageError  # noqa: E402
 from tests.hostile import (  # noqa: E402
     LOADED,

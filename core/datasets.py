@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.data import SplitManifest, images_from_array
+from core.images import images_from_array
+from core.splits import SplitManifest
 from core.errors import DataError
 
 DATASET = "sklearn-digits"

@@ -209,7 +209,7 @@ def default_t(result) -> int:
 
 def thumbnail(image: np.ndarray | torch.Tensor, px: int = THUMB_PX) -> Image.Image:
     """A (C, H, W) image in [-1, 1] as a picture scaled up by a whole factor, pixels kept sharp."""
-    from core.data import to_uint8_image
+    from core.images import to_uint8_image
 
     tensor = torch.as_tensor(np.asarray(image, dtype=np.float32))
     picture = to_uint8_image(tensor)

@@ -1,4 +1,4 @@
-"""core.data: every hostile or odd file is generated in code (builders in tests/hostile.py),
+"""core.data, core.images and core.splits: every hostile or odd file is generated in code (builders in tests/hostile.py),
 never committed as a binary."""
 
 from __future__ import annotations
@@ -16,15 +16,9 @@ import torch
 from PIL import Image
 
 from core import data
-from core.data import (
-    LoadedImages,
-    SplitManifest,
-    images_from_array,
-    load_image,
-    load_images,
-    make_split,
-    to_uint8_image,
-)
+from core.data import load_images
+from core.images import ImageProblem, LoadedImages, images_from_array, load_image, to_uint8_image
+from core.splits import SplitManifest, make_split
 from core.errors import DataError, ImageError
 from tests.hostile import (
     BLUE,
@@ -541,7 +535,7 @@ def test_array_alpha_is_composited_on_white_and_nan_images_are_listed():
         "transparent pixels composited on a white background",
     ]
     message = "a[1]: has NaN or infinite values; fix the array."
-    assert loaded.errors == [data.ImageProblem("a[1]", message)]
+    assert loaded.errors == [ImageProblem("a[1]", message)]
 
 
 def test_float_range_rule_is_decided_for_the_whole_array_with_rounding_slack():

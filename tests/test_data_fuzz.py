@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from core.data import load_image, load_images
+from core.data import load_images
+from core.images import load_image
 from tests.hostile import random_pixels
 from core.errors import ImageError
 

@@ -13,7 +13,7 @@ from PIL import Image
 from core import DataError, datasets, demo_names, load_model
 from core.attacks import SimA
 from core.audit import run_audit
-from core.data import load_image
+from core.images import load_image
 from core.models.registry import DEMO_DIR
 
 EXPECTED = {
