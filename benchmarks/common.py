@@ -57,7 +57,7 @@ def replace_section(title: str, body: str, path: Path = DOC) -> None:
 
 def replace_marked_block(path: Path, name: str, body: str) -> None:
     """Rewrite the block between ``<!-- name:start -->`` and ``<!-- name:end -->`` of a file."""
-    from core.cli import replace_marked
+    from core.cards import replace_marked
 
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     text = replace_marked(path.read_text(), start, end, f"{start}\n{body.strip()}\n{end}")

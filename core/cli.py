@@ -37,49 +37,8 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def load_set(spec: str, model, which: str):
-    """Images and ids from 'demo' (the bundled model's own split) or a folder / zip / npz / file."""
-    if spec == "demo":
-        from core.datasets import demo_sets
-
-        members, member_ids, heldout, heldout_ids = demo_sets(model)
-        return (members, member_ids) if which == "members" else (heldout, heldout_ids)
-    return load_files([spec], model)
-
-
-def stream_set(spec: str, model, which: str):
-    """Like load_set, but a file source is read one chunk at a time (memory stays flat)."""
-    if spec == "demo":
-        yield load_set(spec, model, which)
-        return
-    from core.audit import CHUNK_IMAGES
-    from core.data import iter_images
-    from core.errors import ImageError
-
-    c, h, w = model.image_shape
-    count = 0
-    for batch in iter_images(spec, channels=c, size=(h, w), batch_files=CHUNK_IMAGES):
-        for problem in batch.errors:
-            _warn(f"skipped {problem.source}: {problem.message}")
-        count += len(batch)
-        if len(batch):
-            yield batch.images, batch.ids
-    if count == 0:
-        raise ImageError(f"No images could be loaded from {spec}; give a folder, zip or npz of images.")
-
-
-def load_files(sources: Sequence[str], model, problems: list | None = None):
-    """Load images for ``model``; bad files are reported on stderr (and collected) and skipped."""
-    from core.data import load_images
-
-    c, h, w = model.image_shape
-    loaded = load_images(sources if len(sources) > 1 else sources[0], channels=c, size=(h, w))
-    for problem in loaded.errors:
-        _warn(f"skipped {problem.source}: {problem.message}")
-        if problems is not None:
-            problems.append(problem)
-    loaded.raise_if_empty()
-    return loaded.images, loaded.ids
+def _skipped(problem) -> None:
+    _warn(f"skipped {problem.source}: {problem.message}")
 
 
 def _model(args):
@@ -94,68 +53,11 @@ def _cache(args):
     return None if args.no_cache else ScoreCache(args.cache_dir)
 
 
-def _fmt(estimate: dict) -> str:
-    if estimate["value"] is None:
-        return "n/a"
-    if estimate.get("ci_low") is None:
-        return f"{estimate['value']:.3f}"
-    return f"{estimate['value']:.3f} [{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]"
-
-
-def results_table(results) -> str:
-    """A markdown table of audit results, one row per attack."""
-    rows = [
-        "| attack | chosen t | AUC | ASR | TPR@1%FPR | TPR@0.1%FPR | queries | wall time (s) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        m = r.metrics.to_dict()
-        rows.append(
-            f"| {r.attack} | {r.chosen_t} | {_fmt(m['auc'])} | {_fmt(m['asr'])} | {_fmt(m['tpr_at_1pct_fpr'])} | "
-            f"{_fmt(m['tpr_at_0_1pct_fpr'])} | {r.queries_per_sample} | {r.wall_time_s:.1f} |"
-        )
-    return "\n".join(rows)
-
-
-CARD_START, CARD_END = "<!-- sima-audit:start -->", "<!-- sima-audit:end -->"
-
-
-def write_card(path: Path, results, command: str) -> None:
-    """Replace the audit section of a model card (README.md) with these results."""
-    import platform
-    from datetime import date
-
-    import torch
-
-    r = results[0]
-    body = "\n".join([
-        CARD_START,
-        f"Written by `{command}` on {date.today().isoformat()} ({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}).",
-        f"{r.n_members} members, {r.n_nonmembers} held-out images; t chosen on the selection half by {r.selection}; "
-        f"metrics on the report half with 95% bootstrap CIs ({r.n_bootstrap} resamples, seed {r.seed}). "
-        "Queries are model evaluations per sample per timestep; wall time is this run's, and statistics already "
-        "in the score cache were not recomputed.",
-        "",
-        results_table(results),
-        CARD_END,
-    ])
-    text = path.read_text() if path.is_file() else ""
-    replaced = replace_marked(text, CARD_START, CARD_END, body)
-    path.write_text(replaced if replaced is not None else text.rstrip() + ("\n\n" if text else "") + "## Audit\n\n" + body + "\n")
-
-
-def replace_marked(text: str, start: str, end: str, body: str) -> str | None:
-    """``text`` with everything from marker ``start`` to marker ``end`` replaced by ``body`` (which
-    carries the markers again); None when the markers are missing."""
-    if start not in text or end not in text:
-        return None
-    head, rest = text.split(start, 1)
-    return head + body + rest.split(end, 1)[1]
-
-
 def cmd_audit(args) -> int:
     from core.attacks import parse_attacks
     from core.audit import parse_timesteps, run_audit
+    from core.cards import results_table, write_card
+    from core.sets import stream_set
 
     attacks = parse_attacks(args.attack)
     timesteps = parse_timesteps(args.timesteps)
@@ -165,7 +67,7 @@ def cmd_audit(args) -> int:
         update, close = _progress(f"{attack.name} sweep", args.quiet)
         try:
             results.append(run_audit(
-                model, stream_set(args.members, model, "members"), stream_set(args.nonmembers, model, "heldout"),
+                model, stream_set(args.members, model, "members", on_problem=_skipped), stream_set(args.nonmembers, model, "heldout", on_problem=_skipped),
                 attack=attack, timesteps=timesteps, select=args.select, seed=args.seed, batch_size=args.batch_size, n_bootstrap=args.bootstrap, progress=update, cache=_cache(args),
             ))
         finally:
@@ -192,11 +94,17 @@ def cmd_audit(args) -> int:
 def cmd_score(args) -> int:
     from core.attacks import get_attack
     from core.scoring import score_images
+    from core.sets import load_files, load_set
 
     model = _model(args)
     problems: list = []
-    images, ids = load_files(args.images, model, problems)
-    reference = load_set(args.reference, model, "heldout")[0] if args.reference else None
+
+    def skipped(problem) -> None:
+        _skipped(problem)
+        problems.append(problem)
+
+    images, ids = load_files(args.images, model, on_problem=skipped)
+    reference = load_set(args.reference, model, "heldout", on_problem=_skipped)[0] if args.reference else None
     records = score_images(
         model, images, ids, attack=get_attack(args.attack), t=args.t, reference=reference, fpr=args.fpr, seed=args.seed,
         batch_size=args.batch_size, cache=_cache(args),

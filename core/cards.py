@@ -1,0 +1,63 @@
+"""Audit tables in markdown, and the model cards (README.md) whose audit section they fill."""
+
+from __future__ import annotations
+
+import platform
+from datetime import date
+from pathlib import Path
+from typing import Sequence
+
+CARD_START, CARD_END = "<!-- sima-audit:start -->", "<!-- sima-audit:end -->"
+
+
+def _fmt(estimate: dict) -> str:
+    if estimate["value"] is None:
+        return "n/a"
+    if estimate.get("ci_low") is None:
+        return f"{estimate['value']:.3f}"
+    return f"{estimate['value']:.3f} [{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]"
+
+
+def results_table(results: Sequence) -> str:
+    """A markdown table of audit results (``AuditResult``), one row per attack."""
+    rows = [
+        "| attack | chosen t | AUC | ASR | TPR@1%FPR | TPR@0.1%FPR | queries | wall time (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        m = r.metrics.to_dict()
+        rows.append(
+            f"| {r.attack} | {r.chosen_t} | {_fmt(m['auc'])} | {_fmt(m['asr'])} | {_fmt(m['tpr_at_1pct_fpr'])} | "
+            f"{_fmt(m['tpr_at_0_1pct_fpr'])} | {r.queries_per_sample} | {r.wall_time_s:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def write_card(path: Path, results: Sequence, command: str) -> None:
+    """Replace the audit section of a model card (README.md) with these results, or append one."""
+    import torch
+
+    r = results[0]
+    body = "\n".join([
+        CARD_START,
+        f"Written by `{command}` on {date.today().isoformat()} ({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}).",
+        f"{r.n_members} members, {r.n_nonmembers} held-out images; t chosen on the selection half by {r.selection}; "
+        f"metrics on the report half with 95% bootstrap CIs ({r.n_bootstrap} resamples, seed {r.seed}). "
+        "Queries are model evaluations per sample per timestep; wall time is this run's, and statistics already "
+        "in the score cache were not recomputed.",
+        "",
+        results_table(results),
+        CARD_END,
+    ])
+    text = path.read_text() if path.is_file() else ""
+    replaced = replace_marked(text, CARD_START, CARD_END, body)
+    path.write_text(replaced if replaced is not None else text.rstrip() + ("\n\n" if text else "") + "## Audit\n\n" + body + "\n")
+
+
+def replace_marked(text: str, start: str, end: str, body: str) -> str | None:
+    """``text`` with everything from marker ``start`` to marker ``end`` replaced by ``body`` (which
+    carries the markers again); None when the markers are missing."""
+    if start not in text or end not in text:
+        return None
+    head, rest = text.split(start, 1)
+    return head + body + rest.split(end, 1)[1]
