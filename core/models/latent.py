@@ -18,7 +18,7 @@ from core.errors import ModelError
 from core.hashing import fingerprint_tensors
 from core.models import loading
 from core.models.base import DiffusionModel
-from core.models.pixel import check_unet_config
+from core.models.pixel import MAX_CHANNELS, MAX_SAMPLE_SIZE, check_unet_config
 
 AUTOENCODERS = ("AutoencoderKL", "VQModel")
 
@@ -79,44 +79,47 @@ class LatentModel(DiffusionModel):
         self._fingerprint: str | None = None
 
     @classmethod
-    def from_folder(
-        cls,
-        folder: str | Path,
-        *,
-        allow_pickle: bool = False,
-        scaling_factor: float | None = None,
-        **kwargs,
-    ) -> "LatentModel":
-        """Load a folder with ``vae/``, ``unet/`` and ``scheduler/`` (diffusers pipeline layout)."""
+    def plan(cls, folder: str | Path, *, allow_pickle: bool = False) -> loading.ModelPlan:
+        """Check a folder with ``vae/``, ``unet/`` and ``scheduler/`` (diffusers pipeline layout)
+        and size its networks, allocating nothing (see core.models.loading)."""
         import diffusers
 
         folder = Path(folder)
         vae_dir, unet_dir = folder / "vae", loading.find_component(folder, "unet")
         if unet_dir is None:
             raise ModelError(f"{folder} has vae/ but no unet/config.json; a latent model needs both.")
-        vae_config = loading.read_json(vae_dir / "config.json")
+        vae_path, unet_path = vae_dir / "config.json", unet_dir / "config.json"
+        vae_config = loading.read_json(vae_path, root=folder)
         kind = vae_config.get("_class_name", "AutoencoderKL")
         if kind not in AUTOENCODERS:
             raise ModelError(
-                f"{vae_dir / 'config.json'}: field '_class_name' is {kind!r}; supported autoencoders: "
-                f"{', '.join(AUTOENCODERS)}."
+                f"{vae_path}: field '_class_name' is {kind!r}; supported autoencoders: {', '.join(AUTOENCODERS)}."
             )
-        unet_config = loading.read_json(unet_dir / "config.json")
-        check_unet_config(unet_config, unet_dir / "config.json")
-        check_latent_configs(vae_config, unet_config, str(vae_dir / "config.json"), str(unet_dir / "config.json"))
-        vae, _ = loading.build_component(getattr(diffusers, kind), vae_dir, allow_pickle=allow_pickle)
-        unet, _ = loading.build_component(diffusers.UNet2DModel, unet_dir, allow_pickle=allow_pickle)
-        sched_path = loading.find_scheduler_config(folder)
-        sched = loading.read_json(sched_path)
-        kwargs.setdefault("name", folder.name)
-        return cls(
-            vae,
-            unet,
-            loading.alphas_cumprod_from_scheduler(sched, sched_path),
-            scaling_factor=scaling_factor,
-            prediction_type=loading.prediction_type(sched, sched_path),
-            **kwargs,
-        )
+        for name, most in (("in_channels", MAX_CHANNELS), ("sample_size", MAX_SAMPLE_SIZE)):
+            if name in vae_config:  # else diffusers' defaults, which are small
+                loading.require_int(vae_config, name, vae_path, maximum=most)
+        unet_config = loading.read_json(unet_path, root=folder)
+        check_unet_config(unet_config, unet_path)
+        check_latent_configs(vae_config, unet_config, str(vae_path), str(unet_path))
+        components = {
+            "vae": loading.plan_component(getattr(diffusers, kind), vae_dir, allow_pickle=allow_pickle, root=folder, config=vae_config),
+            "unet": loading.plan_component(diffusers.UNet2DModel, unet_dir, allow_pickle=allow_pickle, root=folder, config=unet_config),
+        }
+        return loading.ModelPlan(folder, components, *loading.read_schedule(folder))
+
+    @classmethod
+    def from_plan(cls, plan: loading.ModelPlan, *, scaling_factor: float | None = None, **kwargs) -> "LatentModel":
+        """Load a planned folder, once its bytes fit the memory budget."""
+        kwargs.setdefault("name", plan.folder.name)
+        modules = plan.materialise()
+        return cls(modules["vae"], modules["unet"], plan.alphas_cumprod, scaling_factor=scaling_factor,
+                   prediction_type=plan.prediction_type, **kwargs)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, *, allow_pickle: bool = False, scaling_factor: float | None = None,
+                    **kwargs) -> "LatentModel":
+        """Load a folder with ``vae/``, ``unet/`` and ``scheduler/`` (diffusers pipeline layout)."""
+        return cls.from_plan(cls.plan(folder, allow_pickle=allow_pickle), scaling_factor=scaling_factor, **kwargs)
 
     def _raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.unet(x, t).sample

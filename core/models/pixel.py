@@ -45,23 +45,30 @@ class PixelModel(DiffusionModel):
         self._fingerprint: str | None = None
 
     @classmethod
-    def from_folder(cls, folder: str | Path, *, allow_pickle: bool = False, **kwargs) -> "PixelModel":
-        """Load a pipeline folder (``unet/`` + ``scheduler/``) or a flat one (both configs side by side)."""
+    def plan(cls, folder: str | Path, *, allow_pickle: bool = False) -> loading.ModelPlan:
+        """Check a pipeline folder (``unet/`` + ``scheduler/``) or a flat one (both configs side by
+        side) and size its network, allocating nothing (see core.models.loading)."""
         from diffusers import UNet2DModel
 
         folder = Path(folder)
         unet_dir = loading.find_component(folder, "unet") or folder
-        unet, config = loading.build_component(UNet2DModel, unet_dir, allow_pickle=allow_pickle)
-        check_unet_config(config, unet_dir / "config.json")
-        sched_path = loading.find_scheduler_config(folder)
-        sched = loading.read_json(sched_path)
-        kwargs.setdefault("name", folder.name)
-        return cls(
-            unet,
-            loading.alphas_cumprod_from_scheduler(sched, sched_path),
-            prediction_type=loading.prediction_type(sched, sched_path),
-            **kwargs,
-        )
+        config_path = unet_dir / "config.json"
+        config = loading.read_json(config_path, root=folder)
+        check_unet_config(config, config_path)
+        unet = loading.plan_component(UNet2DModel, unet_dir, allow_pickle=allow_pickle, root=folder, config=config)
+        return loading.ModelPlan(folder, {"unet": unet}, *loading.read_schedule(folder))
+
+    @classmethod
+    def from_plan(cls, plan: loading.ModelPlan, **kwargs) -> "PixelModel":
+        """Load a planned folder, once its bytes fit the memory budget."""
+        kwargs.setdefault("name", plan.folder.name)
+        unet = plan.materialise()["unet"]
+        return cls(unet, plan.alphas_cumprod, prediction_type=plan.prediction_type, **kwargs)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, *, allow_pickle: bool = False, **kwargs) -> "PixelModel":
+        """Load a pipeline folder (``unet/`` + ``scheduler/``) or a flat one (both configs side by side)."""
+        return cls.from_plan(cls.plan(folder, allow_pickle=allow_pickle), **kwargs)
 
     def _raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -80,11 +87,18 @@ class PixelModel(DiffusionModel):
         return sum(p.numel() for p in self.unet.parameters())
 
 
+#: The samples an attack feeds a model are (channels, size, size) each and are not weights, so
+#: the memory budget does not see them. Published models use up to 1024 pixels a side and 16
+#: latent channels; these caps keep one float32 sample under 270 MB.
+MAX_SAMPLE_SIZE = 2048
+MAX_CHANNELS = 16
+
+
 def check_unet_config(config: dict, path: Path) -> None:
-    """Fields an attack relies on must be present and consistent."""
-    in_ch = loading.require_int(config, "in_channels", path)
-    out_ch = loading.require_int(config, "out_channels", path)
-    loading.require_int(config, "sample_size", path)
+    """Fields an attack relies on must be present, consistent and of a sane size."""
+    in_ch = loading.require_int(config, "in_channels", path, maximum=MAX_CHANNELS)
+    out_ch = loading.require_int(config, "out_channels", path, maximum=2 * MAX_CHANNELS)
+    loading.require_int(config, "sample_size", path, maximum=MAX_SAMPLE_SIZE)
     if out_ch not in (in_ch, 2 * in_ch):
         raise ModelError(
             f"{path}: 'out_channels' is {out_ch} but 'in_channels' is {in_ch}; a noise predictor returns "

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from core.errors import ModelError
+from core.models import loading
 from core.models.base import DiffusionModel
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -22,38 +22,58 @@ def demo_names() -> list[str]:
     return sorted(p.name for p in DEMO_DIR.iterdir() if (p / MANIFEST).is_file())
 
 
+#: A manifest lists the ids of the training images: ~25 bytes each, so 32 MiB is over a million.
+MAX_MANIFEST_BYTES = 32 << 20
+
+
 def read_manifest(folder: Path) -> dict | None:
     path = folder / MANIFEST
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{path} is not valid JSON ({exc}).") from None
+    return loading.read_json(path, max_bytes=MAX_MANIFEST_BYTES, root=folder)
+
+
+def resolve(spec: str | Path) -> tuple[Path, dict]:
+    """(folder, extra arguments for the adapter) for a bundled demo name, a local diffusers
+    folder or a hub id; a ModelError that says what was expected otherwise."""
+    text = str(spec).strip()
+    if not text:
+        raise ModelError("No model given: name a bundled demo, a diffusers folder or a hub id.")
+    if text in demo_names():
+        return DEMO_DIR / text, {}
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{path} is a file; give the diffusers folder that holds the model's config.json.")
+        return path, {}
+    if _HUB_ID.match(text) and not text.startswith((".", "/")):
+        return _download(text), {"name": text}
+    demos = ", ".join(demo_names()) or "none installed"
+    raise ModelError(f"{text!r} is not a bundled demo ({demos}), an existing folder, or a hub id like 'owner/name'.")
 
 
 def load_model(spec: str | Path | DiffusionModel, *, device: str = "cpu", allow_pickle: bool = False, **kwargs) -> DiffusionModel:
     """A DiffusionModel from a bundled demo name, a local diffusers folder, or a hub id.
 
-    Pickle-based weights load only with ``allow_pickle=True``; remote code never runs.
+    Pickle-based weights load only with ``allow_pickle=True``; remote code never runs; nothing
+    is allocated before the folder has been checked (see core.models.loading).
     Extra keyword arguments go to the adapter (e.g. ``scaling_factor`` for latent models).
     """
     if isinstance(spec, DiffusionModel):
         return spec
-    text = str(spec).strip()
-    if not text:
-        raise ModelError("No model given: name a bundled demo, a diffusers folder or a hub id.")
-    if text in demo_names():
-        return load_folder(DEMO_DIR / text, device=device, allow_pickle=allow_pickle, **kwargs)
-    path = Path(text).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ModelError(f"{path} is a file; give the diffusers folder that holds the model's config.json.")
-        return load_folder(path, device=device, allow_pickle=allow_pickle, **kwargs)
-    if _HUB_ID.match(text) and not text.startswith((".", "/")):
-        return load_folder(_download(text), device=device, allow_pickle=allow_pickle, name=text, **kwargs)
-    demos = ", ".join(demo_names()) or "none installed"
-    raise ModelError(f"{text!r} is not a bundled demo ({demos}), an existing folder, or a hub id like 'owner/name'.")
+    folder, extra = resolve(spec)
+    return load_folder(folder, device=device, allow_pickle=allow_pickle, **{**extra, **kwargs})
+
+
+def plan_model(spec: str | Path, *, allow_pickle: bool = False) -> loading.ModelPlan | None:
+    """What loading ``spec`` will take (parameters and bytes), found without allocating the
+    networks; None for a model without networks (the empirical demo). Raises the ModelError
+    that loading would raise for a folder that fails a check."""
+    folder, _ = resolve(spec)
+    manifest = read_manifest(folder)
+    if manifest is not None and manifest.get("kind") == "empirical":
+        return None
+    return _adapter(folder).plan(folder, allow_pickle=allow_pickle)
 
 
 def load_folder(folder: Path, *, device: str = "cpu", allow_pickle: bool = False, **kwargs) -> DiffusionModel:
@@ -65,13 +85,18 @@ def load_folder(folder: Path, *, device: str = "cpu", allow_pickle: bool = False
 
         members, _ = split_images(manifest, "members")
         return EmpiricalDenoiser(members, name=kwargs["name"], manifest=manifest)
+    return _adapter(folder).from_folder(folder, allow_pickle=allow_pickle, manifest=manifest, device=device, **kwargs)
+
+
+def _adapter(folder: Path):
+    """The adapter class for a diffusers folder: latent when it has a vae/, else pixel."""
     if (folder / "vae").is_dir():
         from core.models.latent import LatentModel
 
-        return LatentModel.from_folder(folder, allow_pickle=allow_pickle, manifest=manifest, device=device, **kwargs)
+        return LatentModel
     from core.models.pixel import PixelModel
 
-    return PixelModel.from_folder(folder, allow_pickle=allow_pickle, manifest=manifest, device=device, **kwargs)
+    return PixelModel
 
 
 def _download(repo_id: str) -> Path:
