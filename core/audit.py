@@ -21,6 +21,7 @@ import torch
 from core import metrics
 from core.attacks.base import Attack
 from core.cache import ScoreCache
+from core.conditioning import Conditioning
 from core.errors import DataError, SimaError
 from core.hashing import row_digests
 from core.models.base import DiffusionModel
@@ -289,12 +290,19 @@ def encode_batched(model: DiffusionModel, images: torch.Tensor, batch_size: int 
 def image_statistics(
     model: DiffusionModel, images: torch.Tensor, attack: Attack, timesteps: Sequence[int], *, seed: int = 0,
     batch_size: int | None = None, progress: Progress | None = None, cache: ScoreCache | None = None,
+    cond: Conditioning | Sequence[str] | None = None,
 ) -> torch.Tensor:
     """Raw statistics (N, T) of [-1, 1] images: encoded to model space, but keyed (for noise and
-    cache) by the images' pixel content, so audits, scores and the app share every entry."""
+    cache) by the images' pixel content, so audits, scores and the app share every entry.
+
+    ``cond`` conditions a conditional model per image: a caption (or class label) per image,
+    or a Conditioning; None is the empty condition there.
+    """
+    if cond is not None and not isinstance(cond, Conditioning):
+        cond = list(cond)
     return attack.sweep(
         model, encode_batched(model, images), timesteps, seed=seed, keys=row_digests(images),
-        batch_size=batch_size, progress=progress, cache=cache,
+        batch_size=batch_size, progress=progress, cache=cache, cond=cond,
     )
 
 
@@ -303,6 +311,22 @@ def image_statistics(
 CHUNK_IMAGES = 512
 
 ImageSet = Union[torch.Tensor, Iterable[tuple[torch.Tensor, Sequence[str]]]]
+#: A set's conditioning: one caption (or label) per image in the set's order, a Conditioning,
+#: or a function from a chunk's image ids to their captions (what a streamed set needs; a
+#: :class:`~core.conditioning.CaptionTable`'s ``for_ids`` is one).
+SetCondition = Union[Conditioning, Sequence[str], Callable[[list[str]], Sequence[str]], None]
+
+
+def _chunk_condition(cond: SetCondition, offset: int, ids: list[str]):
+    """The conditioning of one chunk of a set: ids[offset : offset + len(ids)] of it."""
+    if cond is None:
+        return None
+    if callable(cond) and not isinstance(cond, Conditioning):
+        return list(cond(ids))
+    part = cond[offset:offset + len(ids)]
+    if len(part) != len(ids):
+        raise DataError(f"Got conditioning for {len(cond)} images but the set holds more; give one per image.")
+    return part
 
 
 def _chunks(images: ImageSet, ids: Sequence[str] | None, prefix: str) -> Iterator[tuple[torch.Tensor, list[str]]]:
@@ -333,6 +357,8 @@ def run_audit(
     n_bootstrap: int = 1000,
     progress: Progress | None = None,
     cache: ScoreCache | None = None,
+    member_cond: SetCondition = None,
+    nonmember_cond: SetCondition = None,
 ) -> AuditResult:
     """Audit one attack on one model.
 
@@ -340,7 +366,8 @@ def run_audit(
     ``(images, ids)`` batches (e.g. from ``core.data.iter_images``) so that a set of any size
     is swept holding one batch of images in memory. With a ``cache``, statistics computed
     before (by any audit, score or app session on the same model, images, attack and seed)
-    are reused and new ones are stored as they finish.
+    are reused and new ones are stored as they finish. ``member_cond`` and ``nonmember_cond``
+    condition a conditional model (see ``SetCondition``); None is the empty condition.
     """
     if isinstance(attack, str):
         from core.attacks import get_attack
@@ -356,7 +383,8 @@ def run_audit(
     ids: list[str] = []
     counts = []
     done_pairs = 0
-    for images, given, prefix in ((members, member_ids, "member"), (nonmembers, nonmember_ids, "nonmember")):
+    sets = ((members, member_ids, "member", member_cond), (nonmembers, nonmember_ids, "nonmember", nonmember_cond))
+    for images, given, prefix, set_cond in sets:
         count = 0
         for batch, batch_ids in _chunks(images, given, prefix):
             if tuple(batch.shape[1:]) != tuple(model.image_shape):
@@ -371,6 +399,7 @@ def run_audit(
 
             parts.append(image_statistics(
                 model, batch, attack, timesteps, seed=seed, batch_size=batch_size, progress=chunk_progress, cache=cache,
+                cond=_chunk_condition(set_cond, count, batch_ids),
             ))
             ids += batch_ids
             count += len(batch_ids)
@@ -396,7 +425,16 @@ def run_audit(
         model_name=model.name,
         queries_per_sample=max(attack.queries_per_sample(t) for t in timesteps),
         wall_time_s=wall,
+        extra=_condition_note(model, member_cond, nonmember_cond),
     )
+
+
+def _condition_note(model: DiffusionModel, *conds: SetCondition) -> dict:
+    """What conditioned a conditional model's audit, for result.json and model cards."""
+    if not getattr(model, "conditional", False):
+        return {}
+    given = [c is not None for c in conds]
+    return {"condition": "caption" if all(given) else "empty" if not any(given) else "caption for one set only"}
 
 
 def _jsonable(params: dict) -> dict:

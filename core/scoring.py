@@ -11,6 +11,7 @@ from core import metrics
 from core.attacks.base import Attack
 from core.audit import image_statistics
 from core.cache import ScoreCache
+from core.conditioning import Conditioning
 from core.errors import DataError
 from core.models.base import DiffusionModel
 
@@ -33,12 +34,12 @@ class ScoreRecord:
 
 def statistics_at(
     model: DiffusionModel, images: torch.Tensor, attack: Attack, t: int, *, seed: int = 0,
-    batch_size: int | None = None, cache: ScoreCache | None = None,
+    batch_size: int | None = None, cache: ScoreCache | None = None, cond: Conditioning | Sequence[str] | None = None,
 ) -> torch.Tensor:
     """The attack's raw statistic for [-1, 1] images at one timestep (keyed noise, as in audits)."""
     if len(images) == 0:
         raise DataError("No images to score.")
-    return image_statistics(model, images, attack, [t], seed=seed, batch_size=batch_size, cache=cache)[:, 0]
+    return image_statistics(model, images, attack, [t], seed=seed, batch_size=batch_size, cache=cache, cond=cond)[:, 0]
 
 
 def score_images(
@@ -53,14 +54,23 @@ def score_images(
     seed: int = 0,
     batch_size: int | None = None,
     cache: ScoreCache | None = None,
+    cond: Conditioning | Sequence[str] | None = None,
+    reference_cond: Conditioning | Sequence[str] | None = None,
 ) -> list[ScoreRecord]:
-    """Score images; with ``reference`` (known non-members) add p-values and verdicts at ``fpr``."""
-    stats = statistics_at(model, images, attack, t, seed=seed, batch_size=batch_size, cache=cache).numpy()
+    """Score images; with ``reference`` (known non-members) add p-values and verdicts at ``fpr``.
+
+    ``cond`` (and ``reference_cond`` for the reference set) give a conditional model one caption
+    or label per image; None is the empty condition. Compare like with like: score the
+    reference in the same condition mode as the images.
+    """
+    stats = statistics_at(model, images, attack, t, seed=seed, batch_size=batch_size, cache=cache, cond=cond).numpy()
     scores = metrics.membership_scores(stats, attack.member_when)
     records = [ScoreRecord(str(i), int(t), float(s), float(m)) for i, s, m in zip(ids, stats, scores)]
     if reference is None:
         return records
-    ref_stats = statistics_at(model, reference, attack, t, seed=seed, batch_size=batch_size, cache=cache).numpy()
+    ref_stats = statistics_at(
+        model, reference, attack, t, seed=seed, batch_size=batch_size, cache=cache, cond=reference_cond,
+    ).numpy()
     ref_scores = metrics.membership_scores(ref_stats, attack.member_when)
     for record in records:
         v = metrics.verdict(record.membership_score, ref_scores, fpr)

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 import torch
 
-from core.errors import DataError, SimaError
+from core import conditioning
+from core.conditioning import Conditioning
+from core.errors import DataError, ModelError, SimaError
 from core.hashing import row_digests, seed_for
 from core.models.base import DiffusionModel
 
@@ -62,6 +64,10 @@ class Attack(abc.ABC):
     #: False for attacks that average over their own timestep grid and ignore t.
     uses_timestep: bool = True
 
+    #: True for attacks that compare a sample's caption with other conditions (the
+    #: conditioning gap, CLiD): they need a conditional model.
+    needs_condition: bool = False
+
     #: True for deterministic attacks whose statistics at several t share model evaluations;
     #: they implement ``_grid_statistic`` and a sweep computes a sample's whole grid at once.
     shares_work_across_t: bool = False
@@ -75,13 +81,18 @@ class Attack(abc.ABC):
         steps = [int(t) for t in timesteps]
         return sum(self.queries_per_sample(t) for t in (steps if self.uses_timestep else steps[:1]))
 
-    def _grid_statistic(self, model: DiffusionModel, x0: torch.Tensor, timesteps: list[int]) -> torch.Tensor:
+    def _grid_statistic(self, model: DiffusionModel, x0: torch.Tensor, timesteps: list[int], cond: Conditioning | None) -> torch.Tensor:
         """Statistics (float64, N x len(timesteps)) for attacks that share work across t."""
         raise NotImplementedError(f"{self.name} does not share work across timesteps.")
 
     @abc.abstractmethod
-    def _statistic(self, model: DiffusionModel, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-        """Statistic per sample (float64, shape [N]); ``t`` is a validated LongTensor [N]."""
+    def _statistic(self, model: DiffusionModel, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None,
+                   cond: Conditioning | None) -> torch.Tensor:
+        """Statistic per sample (float64, shape [N]); ``t`` is a validated LongTensor [N].
+
+        ``cond`` is the samples' conditioning (one row each) on a conditional model, None on
+        an unconditional one; every model query passes it on, repeated where samples are.
+        """
 
     def get_params(self) -> dict:
         """Hyperparameters by name, as given to ``__init__`` (part of every cache key)."""
@@ -102,14 +113,18 @@ class Attack(abc.ABC):
         t: int | torch.Tensor,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        cond: Conditioning | Sequence[str] | None = None,
     ) -> torch.Tensor:
         """The raw statistic for model-space samples ``x0`` (N, *model.sample_shape) at t.
 
         Random attacks take ``noise`` of shape (N, noise_draws, *sample_shape), or draw it
         from ``generator``; one of the two is required so that no result is unseeded.
+        ``cond`` conditions a conditional model per sample (captions as strings, or a
+        Conditioning); None means the empty condition there.
         """
         _check_samples(x0)
         t = model.timesteps(t, x0.shape[0])
+        cond = self._conditioning(model, cond, x0.shape[0])
         if self.noise_draws:
             expected = (x0.shape[0], self.noise_draws, *x0.shape[1:])
             if noise is None:
@@ -123,7 +138,15 @@ class Attack(abc.ABC):
                 raise SimaError(f"{self.name} needs noise of shape {expected}, got {tuple(noise.shape)}.")
             noise = noise.to(device=x0.device, dtype=x0.dtype)
         with torch.inference_mode():
-            return self._statistic(model, x0, t, noise).to(torch.float64).cpu()
+            return self._statistic(model, x0, t, noise, cond).to(torch.float64).cpu()
+
+    def _conditioning(self, model: DiffusionModel, cond, n: int) -> Conditioning | None:
+        if self.needs_condition and not getattr(model, "conditional", False):
+            raise ModelError(
+                f"{self.name} compares a sample's caption with other conditions, so it needs a text- or "
+                f"class-conditional model; {model.name} is unconditional. Use sima or another attack."
+            )
+        return conditioning.resolve(model, cond, n)
 
     def sweep(
         self,
@@ -136,6 +159,7 @@ class Attack(abc.ABC):
         batch_size: int | None = None,
         progress: Callable[[int, int], None] | None = None,
         cache: "ScoreCache | None" = None,
+        cond: Conditioning | Sequence[str] | None = None,
     ) -> torch.Tensor:
         """Statistics for every sample at every timestep: a float64 tensor (N, len(timesteps)).
 
@@ -145,6 +169,10 @@ class Attack(abc.ABC):
         content digests of ``x0``). With a ``cache``, cached pairs are not recomputed and each
         finished batch is stored at once, so an interrupted sweep resumes where it stopped.
         ``progress(done, total)`` is called after each batch with counts of pairs.
+        ``cond`` holds each sample's conditioning on a conditional model (see
+        :meth:`statistic`); cache entries are keyed by the sample's key and its condition's
+        key, so a changed caption is computed afresh, while the noise stays keyed by the
+        sample alone (a caption and the empty prompt see the same draws).
         """
         from core.batching import best_settings, torch_threads
         from core.cache import ANY_T, attack_key
@@ -159,6 +187,8 @@ class Attack(abc.ABC):
             keys = row_digests(x0)
         if keys is not None and len(keys) != n:
             raise DataError(f"Got {len(keys)} keys for {n} samples.")
+        cond = self._conditioning(model, cond, n)
+        stored_keys = keys if cond is None or keys is None else [f"{k}|{c}" for k, c in zip(keys, cond.keys)]
         # An attack that ignores t is computed once and copied across the grid.
         grid = steps if self.uses_timestep else steps[:1]
         stored_t = grid if self.uses_timestep else [ANY_T]
@@ -166,11 +196,11 @@ class Attack(abc.ABC):
         todo = torch.ones(n, len(grid), dtype=torch.bool)
         if cache is not None:
             cache_model, cache_attack = model.fingerprint, attack_key(self, seed, str(model.device))
-            found = cache.get(cache_model, cache_attack, keys, stored_t)
+            found = cache.get(cache_model, cache_attack, stored_keys, stored_t)
             if found:
                 # Filled through numpy views: element-wise tensor indexing would cost more than the lookup.
                 rows: dict[str, list[int]] = {}
-                for i, key in enumerate(keys):
+                for i, key in enumerate(stored_keys):
                     rows.setdefault(key, []).append(i)
                 column = {t: j for j, t in enumerate(stored_t)}
                 values, missing = out.numpy(), todo.numpy()
@@ -186,17 +216,17 @@ class Attack(abc.ABC):
         # Threads are a speed setting only: the calibration measured which count runs fastest here.
         with torch_threads(threads):
             for idx, col, values in self._pending_batches(model, x0, grid, stored_t, todo, keys, seed,
-                                                          batch_size or calibrated):
+                                                          batch_size or calibrated, cond):
                 out[idx, col] = values
                 if cache is not None:
                     cache.put(cache_model, cache_attack, (
-                        (keys[i], stored_t[j], v) for i, j, v in zip(idx.tolist(), col.tolist(), values.tolist())))
+                        (stored_keys[i], stored_t[j], v) for i, j, v in zip(idx.tolist(), col.tolist(), values.tolist())))
                 done += len(idx)
                 if progress is not None:
                     progress(done, total)
         return out if self.uses_timestep else out.expand(n, len(steps)).clone()
 
-    def _pending_batches(self, model, x0, grid, stored_t, todo, keys, seed, batch_size):
+    def _pending_batches(self, model, x0, grid, stored_t, todo, keys, seed, batch_size, cond):
         """(sample indices, grid columns, statistics) for the pending pairs, a batch at a time.
 
         Pairs are packed into mixed batches of about ``batch_size`` model evaluations. An
@@ -207,7 +237,7 @@ class Attack(abc.ABC):
             rows = todo.any(1).nonzero().squeeze(1)
             for start in range(0, len(rows), batch_size):
                 idx = rows[start:start + batch_size]
-                values = self.grid_statistic(model, x0[idx], grid)
+                values = self.grid_statistic(model, x0[idx], grid, cond=conditioning.select(cond, idx))
                 need = todo[idx]
                 pair_rows, cols = need.nonzero(as_tuple=True)
                 yield idx[pair_rows], cols, values[need]
@@ -221,13 +251,15 @@ class Attack(abc.ABC):
             if self.noise_draws:
                 # keyed by the stored t, so an attack that ignores t draws the same noise on any grid
                 noise = keyed_noise([keys[i] for i in idx.tolist()], stored[col], self.noise_draws, x0.shape[1:], seed)
-            yield idx, col, self.statistic(model, x0[idx], grid_t[col], noise=noise)
+            yield idx, col, self.statistic(model, x0[idx], grid_t[col], noise=noise, cond=conditioning.select(cond, idx))
 
-    def grid_statistic(self, model: DiffusionModel, x0: torch.Tensor, timesteps: Sequence[int]) -> torch.Tensor:
+    def grid_statistic(self, model: DiffusionModel, x0: torch.Tensor, timesteps: Sequence[int],
+                       cond: Conditioning | Sequence[str] | None = None) -> torch.Tensor:
         """Statistics at every t of ``timesteps`` (float64, N x len(timesteps)) with work shared across t."""
         _check_samples(x0)
         steps = [int(s) for s in timesteps]
         model.timesteps(torch.tensor(steps), len(steps))
+        cond = self._conditioning(model, cond, x0.shape[0])
         with torch.inference_mode():
-            return self._grid_statistic(model, x0, steps).to(torch.float64).cpu()
+            return self._grid_statistic(model, x0, steps, cond).to(torch.float64).cpu()
 

@@ -31,7 +31,7 @@ class Loss(Attack):
     def queries_per_sample(self, t: int) -> int:
         return 1
 
-    def _statistic(self, model, x0, t, noise):
+    def _statistic(self, model, x0, t, noise, cond):
         eps = noise[:, 0]
-        pred = model.eps(noised(model, x0, t, eps), t)
+        pred = model.eps(noised(model, x0, t, eps), t, cond)
         return (eps.to(torch.float64) - pred.to(torch.float64)).pow(2).flatten(1).sum(1)

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from core.attacks.base import Attack, noised
+from core.conditioning import repeat
 from core.errors import SimaError
 from core.models.base import DiffusionModel
 
@@ -108,7 +109,7 @@ class PFAMI(Attack):
             return group
         return model.encode(group.flatten(0, 1)).view(x0.shape[0], group.shape[1], *x0.shape[1:])
 
-    def _statistic(self, model, x0, t, noise):
+    def _statistic(self, model, x0, t, noise, cond):
         if max(self.timesteps) >= model.num_train_timesteps:
             raise SimaError(
                 f"PFAMI's timesteps go up to {max(self.timesteps)} but {model.name} has timesteps 0 to "
@@ -117,12 +118,14 @@ class PFAMI(Attack):
         group = self.neighbourhood(model, x0)
         n, m = group.shape[:2]
         flat = group.flatten(0, 1)
+        # every neighbour keeps its image's caption
+        flat_cond = repeat(cond, m)
         loss = torch.zeros(n * m, dtype=torch.float64)
         for j, step in enumerate(self.timesteps):
             # The same draw for an image and all of its neighbours (see the module docstring).
             eps = noise[:, j].repeat_interleave(m, dim=0)
             steps = torch.full((n * m,), step, dtype=torch.long)
-            pred = model.eps(noised(model, flat, steps, eps), steps)
+            pred = model.eps(noised(model, flat, steps, eps), steps, flat_cond)
             loss += (pred.to(torch.float64) - eps.to(torch.float64)).pow(2).flatten(1).mean(1).cpu()
         loss = (loss / len(self.timesteps)).view(n, m)
         return ((loss[:, 1:] - loss[:, :1]) / loss[:, :1]).mean(1)

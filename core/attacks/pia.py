@@ -24,6 +24,7 @@ import math
 import torch
 
 from core.attacks.base import Attack, noised
+from core.conditioning import Conditioning
 from core.errors import SimaError
 from core.models.base import DiffusionModel
 
@@ -44,17 +45,17 @@ class PIA(Attack):
     def queries_per_sample(self, t: int) -> int:
         return 2
 
-    def initial_noise(self, model: DiffusionModel, x0: torch.Tensor) -> torch.Tensor:
+    def initial_noise(self, model: DiffusionModel, x0: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
         """eps0 = eps_theta(x0, 0), rescaled for PIAN; the noise the attack puts back into x0."""
-        eps0 = model.eps(x0, 0)
+        eps0 = model.eps(x0, 0, cond)
         if self.rescale_eps0:
             mean_abs = eps0.abs().flatten(1).mean(1).view(-1, *([1] * (eps0.dim() - 1)))
             eps0 = eps0 * math.sqrt(2 / math.pi) / mean_abs
         return eps0
 
-    def _statistic(self, model, x0, t, noise):
-        eps0 = self.initial_noise(model, x0)
-        eps_t = model.eps(noised(model, x0, t, eps0), t)
+    def _statistic(self, model, x0, t, noise, cond):
+        eps0 = self.initial_noise(model, x0, cond)
+        eps_t = model.eps(noised(model, x0, t, eps0), t, cond)
         return (eps_t.to(torch.float64) - eps0.to(torch.float64)).abs().pow(self.p).flatten(1).sum(1)
 
 

@@ -39,13 +39,15 @@ import math
 import torch
 
 from core.attacks.base import Attack
+from core.conditioning import Conditioning, select
 from core.errors import SimaError
 from core.models.base import DiffusionModel
 
 
-def ddim_step(model: DiffusionModel, x: torch.Tensor, s: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def ddim_step(model: DiffusionModel, x: torch.Tensor, s: torch.Tensor, u: torch.Tensor,
+              cond: Conditioning | None = None) -> torch.Tensor:
     """One deterministic DDIM step of each sample from step s to step u (LongTensors [N])."""
-    e = model.eps(x, s)
+    e = model.eps(x, s, cond)
     shape = (-1, *([1] * (x.dim() - 1)))
     a_s = model.abar(s).to(dtype=x.dtype, device=x.device).view(shape)
     a_u = model.abar(u).to(dtype=x.dtype, device=x.device).view(shape)
@@ -71,7 +73,7 @@ class SecMI(Attack):
         steps = sorted({int(t) for t in timesteps})
         return max(steps) // self.k + sum(2 + (t % self.k != 0) for t in steps)
 
-    def invert(self, model: DiffusionModel, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def invert(self, model: DiffusionModel, x0: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
         """x_t_tilde: x0 carried by DDIM steps 0 -> k -> 2k -> ... -> t, each sample to its own t."""
         x = x0.clone()
         start = torch.zeros_like(t)
@@ -79,7 +81,7 @@ class SecMI(Attack):
         # their t are queried, so mixed timesteps cost no extra model calls.
         while bool((active := start < t).any()):
             end = torch.minimum(start + self.k, t)
-            x[active] = ddim_step(model, x[active], start[active], end[active])
+            x[active] = ddim_step(model, x[active], start[active], end[active], select(cond, active))
             start = end
         return x
 
@@ -91,16 +93,17 @@ class SecMI(Attack):
                 f"model with k = {self.k}; got t = {largest}. Choose smaller timesteps or a smaller k."
             )
 
-    def _round_trip_error(self, model: DiffusionModel, x_tilde: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        x_up = ddim_step(model, x_tilde, t, t + self.k)
-        x_hat = ddim_step(model, x_up, t + self.k, t)
+    def _round_trip_error(self, model: DiffusionModel, x_tilde: torch.Tensor, t: torch.Tensor,
+                          cond: Conditioning | None) -> torch.Tensor:
+        x_up = ddim_step(model, x_tilde, t, t + self.k, cond)
+        x_hat = ddim_step(model, x_up, t + self.k, t, cond)
         return (x_tilde.to(torch.float64) - x_hat.to(torch.float64)).pow(2).flatten(1).sum(1)
 
-    def _statistic(self, model, x0, t, noise):
+    def _statistic(self, model, x0, t, noise, cond):
         self._check_range(model, int(t.max()))
-        return self._round_trip_error(model, self.invert(model, x0, t), t)
+        return self._round_trip_error(model, self.invert(model, x0, t, cond), t, cond)
 
-    def _grid_statistic(self, model, x0, timesteps):
+    def _grid_statistic(self, model, x0, timesteps, cond):
         self._check_range(model, max(timesteps))
         out = torch.empty(len(x0), len(timesteps), dtype=torch.float64)
         x, at = x0.clone(), 0
@@ -111,7 +114,7 @@ class SecMI(Attack):
         for j in sorted(range(len(timesteps)), key=lambda j: timesteps[j]):
             t = timesteps[j]
             while at + self.k <= t:  # the shared path: whole strides up to floor(t / k) k
-                x, at = ddim_step(model, x, full(at), full(at + self.k)), at + self.k
-            x_tilde = x if at == t else ddim_step(model, x, full(at), full(t))
-            out[:, j] = self._round_trip_error(model, x_tilde, full(t))
+                x, at = ddim_step(model, x, full(at), full(at + self.k), cond), at + self.k
+            x_tilde = x if at == t else ddim_step(model, x, full(at), full(t), cond)
+            out[:, j] = self._round_trip_error(model, x_tilde, full(t), cond)
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from core.attacks.base import Attack, noised
+from core.conditioning import repeat
 from core.errors import SimaError
 
 REDUCTIONS = ("mean_norm", "norm_of_mean")
@@ -32,8 +33,8 @@ class SimA(Attack):
     def queries_per_sample(self, t: int) -> int:
         return 1
 
-    def _statistic(self, model, x0, t, noise):
-        eps = model.eps(x0, t).to(torch.float64)
+    def _statistic(self, model, x0, t, noise, cond):
+        eps = model.eps(x0, t, cond).to(torch.float64)
         return eps.abs().pow(self.p).flatten(1).sum(1)
 
 
@@ -65,10 +66,10 @@ class SimAMC(Attack):
     def queries_per_sample(self, t: int) -> int:
         return self.k
 
-    def _statistic(self, model, x0, t, noise):
+    def _statistic(self, model, x0, t, noise, cond):
         n, k = x0.shape[0], self.k
         xt = noised(model, x0, t, noise).reshape(n * k, *x0.shape[1:])
-        eps = model.eps(xt, t.repeat_interleave(k)).to(torch.float64).reshape(n, k, -1)
+        eps = model.eps(xt, t.repeat_interleave(k), repeat(cond, k)).to(torch.float64).reshape(n, k, -1)
         if self.reduce == "norm_of_mean":
             return eps.mean(1).abs().pow(self.p).sum(1).pow(1 / self.p)
         return eps.abs().pow(self.p).sum(2).pow(1 / self.p).mean(1)

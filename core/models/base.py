@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from core.errors import ModelError
+
+if TYPE_CHECKING:
+    from core.conditioning import Conditioning
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
@@ -80,6 +83,10 @@ class DiffusionModel(abc.ABC):
 
     name: str = "model"
     kind: str = "pixel"
+    #: True for text- or class-conditional models: their ``_raw`` takes a third argument, the
+    #: batch's :class:`~core.conditioning.Conditioning`, and they implement ``condition`` and
+    #: ``empty_condition``.
+    conditional: bool = False
     prediction_type: str = "epsilon"
     alphas_cumprod: torch.Tensor
     image_shape: tuple[int, int, int]
@@ -96,8 +103,20 @@ class DiffusionModel(abc.ABC):
         return int(self.alphas_cumprod.shape[0])
 
     @abc.abstractmethod
-    def _raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network's prediction for model-space ``x`` at integer timesteps ``t`` (shape [N])."""
+    def _raw(self, x: torch.Tensor, t: torch.Tensor, *cond: "Conditioning") -> torch.Tensor:
+        """The network's prediction for model-space ``x`` at integer timesteps ``t`` (shape [N]).
+
+        Unconditional models take ``(x, t)``; conditional ones ``(x, t, cond)`` with one row of
+        conditioning per sample, already on the model's device.
+        """
+
+    def condition(self, captions: Sequence[str]) -> "Conditioning":
+        """The conditioning for one caption (or class label) per sample; conditional models only."""
+        raise ModelError(f"{self.name} is an unconditional model: it takes no captions or labels.")
+
+    def empty_condition(self, n: int) -> "Conditioning":
+        """The empty prompt (or null class) for ``n`` samples; conditional models only."""
+        raise ModelError(f"{self.name} is an unconditional model: it has no empty condition.")
 
     @property
     @abc.abstractmethod
@@ -147,16 +166,25 @@ class DiffusionModel(abc.ABC):
         """alphas_cumprod at integer timesteps, float64 on the CPU."""
         return self.alphas_cumprod[t.to("cpu")]
 
-    def eps(self, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-        """Noise prediction eps_theta(x, t) for a model-space batch ``x``; one t or one per sample."""
+    def eps(self, x: torch.Tensor, t: int | torch.Tensor, cond: "Conditioning | Sequence[str] | None" = None) -> torch.Tensor:
+        """Noise prediction eps_theta(x, t, c) for a model-space batch ``x``; one t or one per sample.
+
+        ``cond`` gives each sample's conditioning (a Conditioning, or captions / labels as
+        strings); None means the empty condition on a conditional model, and is the only value
+        an unconditional model accepts.
+        """
+        from core.conditioning import resolve
+
         if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.sample_shape):
             raise ModelError(
                 f"{self.name} expects model-space samples of shape (N, {', '.join(map(str, self.sample_shape))}), "
                 f"got {tuple(x.shape)}. Load images with core.data, which converts them to the model's size."
             )
         t = self.timesteps(t, x.shape[0])
+        cond = resolve(self, cond, x.shape[0])
         with torch.inference_mode():
-            out = self._raw(x.to(self.device), t.to(self.device))
+            args = () if cond is None else (cond.to(self.device),)
+            out = self._raw(x.to(self.device), t.to(self.device), *args)
             eps = to_eps(out, x.to(self.device), self.abar(t), self.prediction_type)
         if not torch.isfinite(eps).all():
             raise ModelError(
