@@ -51,6 +51,12 @@ IMAGE_EXTENSIONS = frozenset(
 )
 """The files a folder or zip contributes; an image path named explicitly may have any name."""
 
+ARCHIVE_EXTENSIONS = frozenset({".zip", ".npz"})
+"""Files that hold many images (a zip of image files, a .npz array), unpacked in memory."""
+
+SOURCE_EXTENSIONS = IMAGE_EXTENSIONS | ARCHIVE_EXTENSIONS
+"""Every file kind a loader (and so every uploader of the app) accepts."""
+
 # Only the decoders a dataset plausibly needs: fewer parsers see untrusted bytes, and none of
 # them shells out (Pillow's EPS reader would run Ghostscript). Pillow's JPEG reader also
 # opens the multi-picture JPEGs (MPO) that phones write.
