@@ -69,11 +69,11 @@ def slider_redraws(moves: int) -> tuple[list[float], int]:
     from streamlit.testing.v1 import AppTest
 
     from core.datasets import digits_images
-    from explorer import state, widgets
+    from explorer import sets, widgets
 
     images, ids = digits_images(16)
     half = REDRAW_SAMPLES // 2
-    data = state.labelled_set(images[:half], ids[:half], images[half:REDRAW_SAMPLES], ids[half:REDRAW_SAMPLES], "benchmark")
+    data = sets.labelled_set(images[:half], ids[:half], images[half:REDRAW_SAMPLES], ids[half:REDRAW_SAMPLES], "benchmark")
     # The empirical demo keeps the one-off sweep short; the redraw does not depend on the model.
     os.environ["SIMA_EXPLORER_MODEL"] = "digits-empirical"
     at = AppTest.from_file(APP, default_timeout=900).run()

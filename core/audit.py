@@ -27,7 +27,9 @@ from core.hashing import row_digests
 from core.models.base import DiffusionModel
 
 SELECTIONS = ("auc", "tpr1")
-DEFAULT_TIMESTEPS = tuple(range(0, 201, 10))
+#: The default timestep grid (the paper's: 21 timesteps, where SimA's signal is strongest for
+#: DDPMs), as a user would type it; ``DEFAULT_TIMESTEPS`` is the same grid as numbers.
+DEFAULT_GRID = "0:200:10"
 RESULT_FILE = "result.json"
 SCORES_FILE = "scores.npz"
 SAMPLES_FILE = "samples.csv"
@@ -53,6 +55,9 @@ def parse_timesteps(text: str) -> list[int]:
     if not steps:
         raise SimaError(f"Timesteps {text!r} give an empty grid.")
     return sorted(set(steps))
+
+
+DEFAULT_TIMESTEPS = tuple(parse_timesteps(DEFAULT_GRID))
 
 
 def split_halves(n_members: int, n_nonmembers: int, seed: int) -> np.ndarray:
@@ -113,7 +118,7 @@ class AuditResult:
     model_name: str
     queries_per_sample: int
     wall_time_s: float
-    n_bootstrap: int = 1000
+    n_bootstrap: int = metrics.N_BOOTSTRAP
     extra: dict = field(default_factory=dict)
 
     @property
@@ -354,7 +359,7 @@ def run_audit(
     member_ids: Sequence[str] | None = None,
     nonmember_ids: Sequence[str] | None = None,
     batch_size: int | None = None,
-    n_bootstrap: int = 1000,
+    n_bootstrap: int = metrics.N_BOOTSTRAP,
     progress: Progress | None = None,
     cache: ScoreCache | None = None,
     member_cond: SetCondition = None,

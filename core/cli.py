@@ -155,6 +155,9 @@ def cmd_explore(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from core.audit import DEFAULT_GRID
+    from core.metrics import N_BOOTSTRAP
+
     parser = argparse.ArgumentParser(prog="sima", description="Membership inference on diffusion models (SimA and baselines).")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -174,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--members", required=True, help="'demo', a folder, zip or npz of training images")
     audit.add_argument("--nonmembers", required=True, help="'demo', a folder, zip or npz of held-out images")
     audit.add_argument("--attack", default="sima", help="attack name(s), comma separated (default sima)")
-    audit.add_argument("--timesteps", default="0:200:10", help="START:STOP:STEP inclusive, or a list (default 0:200:10)")
+    audit.add_argument("--timesteps", default=DEFAULT_GRID, help=f"START:STOP:STEP inclusive, or a list (default {DEFAULT_GRID})")
     audit.add_argument("--select", default="auc", choices=["auc", "tpr1"], help="metric that chooses t on the selection half")
-    audit.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
+    audit.add_argument("--bootstrap", type=int, default=N_BOOTSTRAP, help=f"bootstrap resamples for CIs (default {N_BOOTSTRAP})")
     audit.add_argument("--out", help="folder for result.json, samples.csv and scores.npz")
     audit.add_argument("--card", help="model card (README.md) whose audit section is rewritten with the results")
     audit.set_defaults(func=cmd_audit)

@@ -38,11 +38,19 @@ MAX_ARCHIVE_BYTES = 2 * 1024**3
 
 MAX_ARCHIVE_MEMBERS = 100_000
 """Zips with more entries than this are refused."""
+
 IMAGE_EXTENSIONS = frozenset(
     {".png", ".apng", ".jpg", ".jpeg", ".jpe", ".jfif", ".gif", ".bmp", ".tif", ".tiff",
      ".webp", ".avif", ".ppm", ".pgm", ".pbm", ".pnm", ".qoi"}
 )
 """The files a folder or zip contributes; an image path named explicitly may have any name."""
+
+ARCHIVE_EXTENSIONS = frozenset({".zip", ".npz"})
+"""Files that hold many images (a zip of image files, a .npz array), unpacked in memory."""
+
+SOURCE_EXTENSIONS = IMAGE_EXTENSIONS | ARCHIVE_EXTENSIONS
+"""Every file kind a loader (and so every uploader of the app) accepts."""
+
 POLICY = f"""\
 How images are converted (the same for every file, folder, zip, .npz and upload):
 1. Sources: a folder gives its files with image extensions ({", ".join(sorted(IMAGE_EXTENSIONS))}), \

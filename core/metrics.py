@@ -27,6 +27,9 @@ from core.errors import DataError, SimaError
 #: the sample size: resamples are processed in chunks of this many (resample, value) cells.
 _BOOTSTRAP_CELLS = 2_000_000
 
+#: Bootstrap resamples behind every confidence interval, unless a caller asks otherwise.
+N_BOOTSTRAP = 1000
+
 #: The two target FPRs every report carries (METHODS section 4).
 _REPORTED_FPRS = (0.01, 0.001)
 
@@ -379,7 +382,7 @@ def evaluate(
     membership_scores: Any,
     labels: Any,
     *,
-    n_bootstrap: int = 1000,
+    n_bootstrap: int = N_BOOTSTRAP,
     seed: int = 0,
     confidence: float = 0.95,
 ) -> Metrics:

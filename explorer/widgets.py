@@ -1,7 +1,7 @@
 """Pieces of Streamlit UI shared by the pages: the sidebar, the timestep slider, image strips.
 
 The sidebar's widgets live in the entrypoint, so their keys and values persist across pages;
-it stores its decision as a :class:`explorer.state.Choices` under ``CHOICES`` in the session.
+it stores its decision as a :class:`explorer.Choices` under ``CHOICES`` in the session.
 """
 
 from __future__ import annotations
@@ -15,8 +15,15 @@ import streamlit as st
 import torch
 from PIL import Image
 
+from core import demo_names
+from core.attacks import ATTACK_NAMES, get_attack
 from core.errors import SimaError
-from explorer import state
+from explorer import reading, state
+from explorer.choices import (
+    DEFAULT_MODEL, DEFAULT_SEED, Choices, default_grid, default_model, devices, parse_grid,
+)
+from explorer.sets import LabelledSet
+from explorer.uploads import MAX_UPLOAD_FILES
 
 CHOICES = "choices"
 SHARED_T = "shared_t"
@@ -58,17 +65,17 @@ def user_errors() -> Iterator[None]:
 
 
 def _model_options() -> list[str]:
-    return state.demo_names() + [FOLDER, HUB]
+    return demo_names() + [FOLDER, HUB]
 
 
 def _initial_model(options: list[str]) -> None:
     """Seed the picker once per session from SIMA_EXPLORER_MODEL, else the default demo."""
     if "model_choice" in st.session_state:
         return
-    wanted = state.default_model()
+    wanted = default_model()
     if wanted in options:
         st.session_state["model_choice"] = wanted
-    elif wanted == state.DEFAULT_MODEL:  # the default demo is missing: any demo will do
+    elif wanted == DEFAULT_MODEL:  # the default demo is missing: any demo will do
         st.session_state["model_choice"] = options[0]
     elif Path(wanted).expanduser().exists() or "/" not in wanted:
         st.session_state["model_choice"] = FOLDER
@@ -116,7 +123,7 @@ def _describe(info) -> str:
     return "  \n".join(lines)
 
 
-def sidebar() -> state.Choices | None:
+def sidebar() -> Choices | None:
     """Draw the shared choices and load the model; returns (and stores) the Choices or None."""
     st.session_state[CHOICES] = None
     with st.sidebar:
@@ -124,7 +131,7 @@ def sidebar() -> state.Choices | None:
         if not spec:
             st.info("Type a folder path or hub id to load a model.")
             return None
-        device_options = state.devices()
+        device_options = devices()
         if st.session_state.get("device") not in device_options:
             st.session_state["device"] = device_options[0]
         device = st.selectbox("Device", device_options, key="device",
@@ -141,30 +148,30 @@ def sidebar() -> state.Choices | None:
             with st.expander("About this model"):
                 st.caption(info.manifest["demo"])
 
-        names = state.attack_names()
+        names = ATTACK_NAMES
         if st.session_state.get("attack") not in names:
             st.session_state["attack"] = names[0]
-        attack = st.selectbox("Attack", names, key="attack", format_func=state.attack_title)
-        st.caption(state.ATTACK_BLURBS.get(attack, attack))
+        attack = st.selectbox("Attack", names, key="attack", format_func=reading.attack_title)
+        st.caption(get_attack(attack).blurb)
         if "grid" not in st.session_state:
-            st.session_state["grid"] = state.default_grid()
+            st.session_state["grid"] = default_grid()
         text = st.text_input("Timesteps", key="grid", help="START:STOP:STEP (stop included), or a list like 10,50,100.")
         try:
-            grid, note = state.parse_grid(text, model.num_train_timesteps)
+            grid, note = parse_grid(text, model.num_train_timesteps)
         except SimaError as error:
             st.error(str(error))
             return None
         st.caption(f"{len(grid)} timestep{'s' if len(grid) > 1 else ''}, {grid[0]} to {grid[-1]}." + (f" {note}" if note else ""))
         with st.expander("Advanced"):
-            seed = st.number_input("Seed", min_value=0, value=state.DEFAULT_SEED, step=1, key="seed",
+            seed = st.number_input("Seed", min_value=0, value=DEFAULT_SEED, step=1, key="seed",
                                    help="Fixes the noise of random attacks, the selection/report split and the bootstrap.")
         st.caption("Everything runs on this machine; uploads stay in memory and are never sent anywhere.")
-    choices = state.Choices(spec=spec, device=device, attack=attack, grid=tuple(grid), seed=int(seed))
+    choices = Choices(spec=spec, device=device, attack=attack, grid=tuple(grid), seed=int(seed))
     st.session_state[CHOICES] = choices
     return choices
 
 
-def require_choices() -> state.Choices:
+def require_choices() -> Choices:
     """The sidebar's choices, or a friendly stop when no model is loaded."""
     choices = st.session_state.get(CHOICES)
     if choices is None:
@@ -223,16 +230,6 @@ def image_strip(images: Sequence, captions: Sequence[str], *, px: int = THUMB_PX
         st.image([thumbnail(im, px) for im in images], caption=list(captions), width=px)
 
 
-def progress_callback(text: str):
-    """(update, close) for a st.progress bar fed by core's progress(done, total)."""
-    bar = st.progress(0.0, text=text)
-
-    def update(done: int, total: int) -> None:
-        bar.progress(done / max(total, 1), text=f"{text}: {done} / {total}")
-
-    return update, bar.empty
-
-
 def show_load_problems(loaded, what: str = "files") -> None:
     """One st.error line per unusable file, and a note on files beyond the upload limit."""
     for problem in loaded.errors[:20]:
@@ -240,7 +237,7 @@ def show_load_problems(loaded, what: str = "files") -> None:
     if len(loaded.errors) > 20:
         st.error(f"…and {len(loaded.errors) - 20} more {what} could not be used.")
     if loaded.skipped:
-        st.warning(f"Only the first {state.MAX_UPLOAD_FILES:,} {what} were read; {loaded.skipped:,} more were skipped.")
+        st.warning(f"Only the first {MAX_UPLOAD_FILES:,} {what} were read; {loaded.skipped:,} more were skipped.")
 
 
 # ----------------------------------------------------------------------------- labelled data
@@ -250,7 +247,7 @@ OWN_SPLIT = "The model's own split"
 UPLOADED = "Your uploaded sets (from Audit a dataset)"
 
 
-def labelled_data(choices: state.Choices, *, key: str) -> state.LabelledSet:
+def labelled_data(choices: Choices, *, key: str) -> LabelledSet:
     """The members and non-members a page works on: the model's split, or the sets uploaded
     on the audit page; stops the page with a hint when neither exists."""
     split, reason = state.split_or_reason(choices)

@@ -19,7 +19,10 @@ import torch
 from PIL import Image
 
 from core.datasets import digits_uint8
-from explorer import state
+from core import demo_names
+from core.attacks import ATTACK_NAMES
+from explorer import reading, state, uploads, verdicts
+from explorer.choices import DEFAULT_MODEL, GRID_ENV, MODEL_ENV, PIXEL_VS_LATENT, parse_grid
 
 pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -36,14 +39,14 @@ def _environment(tmp_path_factory):
     """A private score cache and a short grid for every run in this module."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SIMA_CACHE_DIR", str(tmp_path_factory.mktemp("score-cache")))
-        patch.setenv(state.GRID_ENV, GRID)
-        patch.delenv(state.MODEL_ENV, raising=False)
+        patch.setenv(GRID_ENV, GRID)
+        patch.delenv(MODEL_ENV, raising=False)
         yield
 
 
 def start(monkeypatch, model: str | None = None, page: str | None = None) -> AppTest:
     if model:
-        monkeypatch.setenv(state.MODEL_ENV, model)
+        monkeypatch.setenv(MODEL_ENV, model)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     if page:
         at.switch_page(f"views/{page}.py").run()
@@ -90,17 +93,17 @@ def texts(elements) -> str:
 
 def test_a_newcomer_starts_on_the_check_page_with_the_memorising_demo(monkeypatch):
     at = start(monkeypatch)
-    assert at.sidebar.selectbox(key="model_choice").value == state.DEFAULT_MODEL
+    assert at.sidebar.selectbox(key="model_choice").value == DEFAULT_MODEL
     assert at.title[0].value == "Check an image" and not at.error
     assert at.button(key="check_start").label == "Show me a member and a held-out image"
 
 
-@pytest.mark.parametrize("demo", state.demo_names())
+@pytest.mark.parametrize("demo", demo_names())
 def test_every_bundled_demo_works_on_every_page(monkeypatch, demo):
-    monkeypatch.setenv(state.GRID_ENV, "50")  # the sweeps here are shared with the latent page's test
+    monkeypatch.setenv(GRID_ENV, "50")  # the sweeps here are shared with the latent page's test
     at = start(monkeypatch, demo)
     at.file_uploader(key="check_uploads").set_value([(*demo_png("member"), "image/png")]).run()
-    assert [m.label for m in at.metric][:2] == [state.statistic_label("sima"), "p-value"], texts(at.error)
+    assert [m.label for m in at.metric][:2] == [reading.statistic_label("sima"), "p-value"], texts(at.error)
     for page in PAGES[1:]:
         at.switch_page(f"views/{page}.py").run()
         assert not at.exception, (page, [e.message for e in at.exception])
@@ -115,11 +118,11 @@ def test_every_bundled_demo_works_on_every_page(monkeypatch, demo):
 def test_sidebar_lists_every_demo_loads_the_model_and_describes_it(monkeypatch):
     at = start(monkeypatch, FAST)
     picker = at.sidebar.selectbox(key="model_choice")
-    assert set(state.demo_names()) <= set(picker.options) and len(picker.options) == len(state.demo_names()) + 2
+    assert set(demo_names()) <= set(picker.options) and len(picker.options) == len(demo_names()) + 2
     info = texts(at.sidebar.caption)
     assert "empirical model" in info and "16×16 pixels" in info and "trained on 256 known images" in info
     attack = at.sidebar.selectbox(key="attack")
-    assert attack.value == "sima" and len(attack.options) == len(state.attack_names()) >= 7
+    assert attack.value == "sima" and len(attack.options) == len(ATTACK_NAMES) >= 7
     assert "2 timesteps, 10 to 50" in info
 
 
@@ -323,15 +326,15 @@ def test_compare_runs_the_chosen_attacks_on_one_split(monkeypatch):
 
 
 def test_pixel_vs_latent_audits_each_demo_on_its_own_split(monkeypatch):
-    missing = [n for n in state.PIXEL_VS_LATENT if n not in state.demo_names()]
+    missing = [n for n in PIXEL_VS_LATENT if n not in demo_names()]
     if missing:
         pytest.fail(f"bundled demos missing: {missing}")
-    monkeypatch.setenv(state.GRID_ENV, "50")
+    monkeypatch.setenv(GRID_ENV, "50")
     at = start(monkeypatch, FAST, "latent")
     at.button[0].click().run()
     assert not at.exception and not at.error, texts(at.error)
     table = at.dataframe[0].value
-    assert list(table["model"])[:3] == list(state.PIXEL_VS_LATENT)
+    assert list(table["model"])[:3] == list(PIXEL_VS_LATENT)
     assert list(table["kind"])[:3] == ["pixel", "latent", "latent"]
     assert len(chart(at, "latent_recon")["data"]) == 4 * 3
 
@@ -345,7 +348,7 @@ def test_load_uploads_reads_bytes_and_zips_in_memory():
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr("a.png", data)
         archive.writestr("b.txt", b"ignored")
-    loaded = state.load_uploads([(name, data), ("set.zip", buffer.getvalue()), ("bad.png", b"??")], (1, 16, 16))
+    loaded = uploads.load_uploads([(name, data), ("set.zip", buffer.getvalue()), ("bad.png", b"??")], (1, 16, 16))
     assert loaded.ids == [name, "set.zip:a.png"]
     assert loaded.images.shape == (2, 1, 16, 16) and torch.equal(loaded.images[0], loaded.images[1])
     assert [p.source for p in loaded.errors] == ["bad.png"]
@@ -353,18 +356,18 @@ def test_load_uploads_reads_bytes_and_zips_in_memory():
 
 def test_check_leaves_an_image_out_of_its_own_reference():
     stats = np.array([[1.0], [2.0], [3.0], [4.0]])
-    reference = state.Reference([10], "lower", stats, None, ("a", "b", "c", "d"), "test")
+    reference = verdicts.Reference([10], "lower", stats, None, ("a", "b", "c", "d"), "test")
     # statistic 2.0 ("b"): its own row would tie with it; left out, 1 of 3 others scores as member-like
-    inside = state.check(reference, 10, 2.0, 0.5, "b")
-    outside = state.check(reference, 10, 2.0, 0.5, "z")
+    inside = verdicts.check(reference, 10, 2.0, 0.5, "b")
+    outside = verdicts.check(reference, 10, 2.0, 0.5, "z")
     assert inside.left_out and inside.n_reference == 3 and inside.p_value == pytest.approx((1 + 1) / (1 + 3))
     assert not outside.left_out and outside.n_reference == 4 and outside.p_value == pytest.approx((1 + 2) / (1 + 4))
 
 
 def test_parse_grid_drops_steps_beyond_the_model():
-    assert state.parse_grid("0:1200:400", 1000) == ((0, 400, 800), "1 timestep(s) outside 0..999 were left out.")
+    assert parse_grid("0:1200:400", 1000) == ((0, 400, 800), "1 timestep(s) outside 0..999 were left out.")
     with pytest.raises(Exception, match="within this model's range"):
-        state.parse_grid("2000", 1000)
+        parse_grid("2000", 1000)
 
 
 def test_config_keeps_the_app_offline_private_and_quiet():

@@ -364,6 +364,10 @@ def test_conformance_identity_and_parameters(attack):
         assert isinstance(q, int) and q > 0
     clone = type(attack)(**attack.get_params())
     assert clone.get_params() == attack.get_params() and clone.describe() == attack.describe()
+    # How the app and reports name it: its own words, not the base class's placeholders.
+    base = Attack
+    assert attack.title.lower() == attack.name and attack.blurb.startswith(f"{attack.title}: ")
+    assert attack.statistic_label != base.statistic_label
 
 
 def test_conformance_statistic_is_float64_finite_per_sample(attack, toy, samples):

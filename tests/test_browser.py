@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from explorer import state
+from explorer.choices import GRID_ENV, MODEL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "explorer" / "app.py"
@@ -66,8 +67,8 @@ def server(tmp_path_factory):
     port = _free_port()
     cache = tmp_path_factory.mktemp("score-cache")
     log = open(tmp_path_factory.mktemp("server") / "streamlit.log", "w+")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SIMA_CACHE_DIR": str(cache), state.GRID_ENV: GRID}
-    env.pop(state.MODEL_ENV, None)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SIMA_CACHE_DIR": str(cache), GRID_ENV: GRID}
+    env.pop(MODEL_ENV, None)
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],

@@ -59,6 +59,11 @@ class Attack(abc.ABC):
     """
 
     name: str = "attack"
+    #: How people write the attack's name, and one line on what it measures (for pickers and captions).
+    title: str = "Attack"
+    blurb: str = ""
+    #: What the raw statistic is, for axis labels.
+    statistic_label: str = "statistic"
     member_when: MemberWhen = "lower"
     noise_draws: int = 0
     #: False for attacks that average over their own timestep grid and ignore t.

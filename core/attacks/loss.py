@@ -22,6 +22,9 @@ class Loss(Attack):
     """Squared error of the noise prediction at x_t(eps) for one fresh noise draw; members lower."""
 
     name = "loss"
+    title = "Loss"
+    blurb = "Loss: the training loss at one noise draw"
+    statistic_label = "denoising loss ‖ε − ε̂(xₜ, t)‖²"
     member_when = "lower"
     noise_draws = 1
 

@@ -81,6 +81,9 @@ class PFAMI(Attack):
     """Mean relative rise of the denoising loss from an image to its crop neighbours; members higher."""
 
     name = "pfami"
+    title = "PFAMI"
+    blurb = "PFAMI: loss change under small crops (ignores t)"
+    statistic_label = "relative loss rise under crops"
     member_when = "higher"
     uses_timestep = False
 

@@ -33,6 +33,9 @@ class PIA(Attack):
     """||eps_theta(x_t(eps0), t) - eps0||_p^p with eps0 = eps_theta(x0, 0); members are lower."""
 
     name = "pia"
+    title = "PIA"
+    blurb = "PIA: consistency of the noise predicted at 0 and at t"
+    statistic_label = "PIA error ‖ε̂(xₜ, t) − ε̂(x₀, 0)‖₄⁴"
     member_when = "lower"
     #: PIAN sets this to rescale eps0 to the mean absolute value of a standard normal.
     rescale_eps0 = False
@@ -63,4 +66,7 @@ class PIAN(PIA):
     """PIA with eps0 rescaled to eps0 * sqrt(2/pi) / mean(|eps0|) per sample (the paper's PIAN)."""
 
     name = "pian"
+    title = "PIAN"
+    blurb = "PIAN: PIA with normalised noise"
+    statistic_label = "PIAN error (normalised ε̂(x₀, 0))"
     rescale_eps0 = True

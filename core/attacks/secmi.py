@@ -58,6 +58,9 @@ class SecMI(Attack):
     """||x_t_tilde - x_t_hat||_2^2 after DDIM inversion to t and a round trip t -> t + k -> t."""
 
     name = "secmi"
+    title = "SecMI"
+    blurb = "SecMI: error of a DDIM inversion round trip"
+    statistic_label = "DDIM round-trip error ‖x̃ₜ − x̂ₜ‖²"
     member_when = "lower"
     shares_work_across_t = True
 

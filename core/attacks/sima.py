@@ -24,6 +24,9 @@ class SimA(Attack):
     """
 
     name = "sima"
+    title = "SimA"
+    blurb = "SimA: norm of the predicted noise at the clean image"
+    statistic_label = "noise norm ‖ε̂(x₀, t)‖₄⁴"
     member_when = "lower"
 
     def __init__(self, p: float = 4):
@@ -47,6 +50,9 @@ class SimAMC(Attack):
     """
 
     name = "sima-mc"
+    title = "SimA-MC"
+    blurb = "SimA-MC: SimA averaged over noisy copies"
+    statistic_label = "mean noise norm over noisy copies"
     member_when = "lower"
 
     def __init__(self, k: int = 10, reduce: str = "mean_norm", p: float = 4):

@@ -6,7 +6,8 @@ import json
 
 import streamlit as st
 
-from explorer import charts, report, state, widgets
+from explorer import charts, reading, report, sets, state, uploads, widgets
+from explorer.progress import progress_bar
 
 st.title("Audit a dataset")
 st.markdown(
@@ -30,29 +31,29 @@ if source == OWN:
     st.caption(f"{len(split.member_ids):,} training members and {len(split.nonmember_ids):,} held-out images of {model.name}.")
 else:
     left, right = st.columns(2)
-    kinds = ["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "zip", "npz"]
+    kinds = uploads.UPLOAD_TYPES
     with left:
         member_files = st.file_uploader("Members (training images)", accept_multiple_files=True, key="audit_members", type=kinds)
     with right:
         nonmember_files = st.file_uploader("Non-members (never trained on)", accept_multiple_files=True, key="audit_nonmembers", type=kinds)
-    st.caption(f"Several files or zips per side; at most {state.MAX_UPLOAD_FILES:,} images each. Both sides need at least 2 images.")
+    st.caption(f"Several files or zips per side; at most {uploads.MAX_UPLOAD_FILES:,} images each. Both sides need at least 2 images.")
     signature = tuple((f.name, f.size) for f in (member_files or [])), tuple((f.name, f.size) for f in (nonmember_files or []))
     stored = st.session_state.get(widgets.UPLOADED_SET)
     if stored is not None and stored["signature"] == signature and stored["spec"] == choices.spec:
         data = stored["data"]
     elif st.button("Run the audit", type="primary", disabled=not (member_files and nonmember_files)):
         with widgets.user_errors():
-            update, close = widgets.progress_callback("Reading members")
-            members = state.load_uploads(member_files, model.image_shape, progress=update)
+            update, close = progress_bar("Reading members")
+            members = uploads.load_uploads(member_files, model.image_shape, progress=update)
             close()
-            update, close = widgets.progress_callback("Reading non-members")
-            nonmembers = state.load_uploads(nonmember_files, model.image_shape, progress=update)
+            update, close = progress_bar("Reading non-members")
+            nonmembers = uploads.load_uploads(nonmember_files, model.image_shape, progress=update)
             close()
             widgets.show_load_problems(members, "member files")
             widgets.show_load_problems(nonmembers, "non-member files")
             members.raise_if_empty()
             nonmembers.raise_if_empty()
-            data = state.labelled_set(members.images, members.ids, nonmembers.images, nonmembers.ids, "your uploaded sets")
+            data = sets.labelled_set(members.images, members.ids, nonmembers.images, nonmembers.ids, "your uploaded sets")
         st.session_state[widgets.UPLOADED_SET] = {"signature": signature, "spec": choices.spec, "data": data}
 
 if data is None:
@@ -66,7 +67,7 @@ with widgets.user_errors():
 report_n = int(result.report_mask().sum())
 st.subheader(f"Result at t = {result.chosen_t}")
 st.caption(
-    f"{state.attack_summary(choices.attack, result.chosen_t)}. t chosen by {result.selection.upper()} on the selection half "
+    f"{reading.attack_summary(choices.attack, result.chosen_t)}. t chosen by {result.selection.upper()} on the selection half "
     f"({len(result.ids) - report_n} images); metrics on the report half ({report_n} images) with 95% bootstrap "
     f"intervals ({result.n_bootstrap} resamples)."
 )
@@ -97,7 +98,7 @@ st.dataframe(charts.single_metrics_table(result), hide_index=True)
 
 mask = result.report_mask()
 column = result.column(result.chosen_t)
-label = state.statistic_label(choices.attack)
+label = reading.statistic_label(choices.attack)
 figures["Score distributions (report half)"] = charts.histogram_figure(
     result.statistics[mask & (result.labels == 1), column], result.statistics[mask & (result.labels == 0), column],
     statistic=label, t=result.chosen_t,

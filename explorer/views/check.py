@@ -7,7 +7,9 @@ import torch
 
 from core.data import POLICY
 from core.hashing import row_digests
-from explorer import charts, state, widgets
+from explorer import charts, reading, state, uploads, verdicts, widgets
+from explorer.choices import DEFAULT_FPR, FPR_CHOICES
+from explorer.examples import load_examples
 
 LOCAL_MEAN_PAGE = "views/local_mean.py"
 
@@ -43,10 +45,10 @@ def _try_examples() -> None:
 tabs = ["Upload images"] + (["Bundled examples"] if examples else []) + (["From the model's split"] if split is not None else [])
 tab = dict(zip(tabs, st.tabs(tabs)))
 with tab["Upload images"]:
-    uploads = st.file_uploader(
+    uploaded = st.file_uploader(
         "Images, or a zip of images", accept_multiple_files=True, key="check_uploads",
-        type=["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "zip"],
-        help=f"Up to {state.MAX_CHECK_IMAGES} images are scored at once. They stay in this app's memory.",
+        type=uploads.UPLOAD_TYPES,
+        help=f"Up to {uploads.MAX_CHECK_IMAGES} images are scored at once. They stay in this app's memory.",
     )
     with st.expander("How images are converted before scoring"):
         st.text(POLICY)
@@ -68,15 +70,15 @@ if split is not None:
 
 chosen = [by_name[n] for n in st.session_state.get("check_examples", []) if n in by_name]
 from_split = [split_names[n] for n in st.session_state.get("check_split", []) if n in split_names]
-if not uploads and not chosen and not from_split:
+if not uploaded and not chosen and not from_split:
     st.info("Upload an image, or pick one, to start.")
     if examples or split is not None:
         st.button("Show me a member and a held-out image", on_click=_try_examples, type="primary", key="check_start")
     st.stop()
 
 with widgets.user_errors():
-    loaded_uploads = state.load_uploads(uploads or [], model.image_shape)
-    loaded_examples = state.load_examples(chosen, model.image_shape)
+    loaded_uploads = uploads.load_uploads(uploaded or [], model.image_shape)
+    loaded_examples = load_examples(chosen, model.image_shape)
 widgets.show_load_problems(loaded_uploads)
 
 split_images = [(split.members if side == "member" else split.nonmembers)[k] for side, k in from_split]
@@ -87,9 +89,9 @@ notes = loaded_examples.notes + loaded_uploads.notes + [[] for _ in split_ids]
 labels = {e.name: e.truth_for(model.name) for e in chosen}
 if not names:
     st.stop()
-if len(names) > state.MAX_CHECK_IMAGES:
-    st.warning(f"{len(names)} images given; the first {state.MAX_CHECK_IMAGES} are scored.")
-    images, names, notes = images[: state.MAX_CHECK_IMAGES], names[: state.MAX_CHECK_IMAGES], notes[: state.MAX_CHECK_IMAGES]
+if len(names) > uploads.MAX_CHECK_IMAGES:
+    st.warning(f"{len(names)} images given; the first {uploads.MAX_CHECK_IMAGES} are scored.")
+    images, names, notes = images[: uploads.MAX_CHECK_IMAGES], names[: uploads.MAX_CHECK_IMAGES], notes[: uploads.MAX_CHECK_IMAGES]
 digests = row_digests(images)
 
 # ----------------------------------------------------------------------------- reference
@@ -97,19 +99,21 @@ reference = None
 with widgets.user_errors():
     if split is not None:
         result = state.audit(choices, split, why="First, the model's own known images are scored once as the reference. ")
-        reference = state.reference_from_audit(result, split)
+        reference = verdicts.reference_from_audit(result, split)
     else:
         st.warning(
             "This model's training set is not known, so there is no reference of images it never saw. "
             "Upload some images that surely were not in its training data (for example, newer than the "
             "model) to get a calibrated p-value; without them you get the raw score only."
         )
-        ref_files = st.file_uploader("Known non-members (reference)", accept_multiple_files=True, key="check_reference")
+        ref_files = st.file_uploader(
+            "Known non-members (reference)", accept_multiple_files=True, key="check_reference", type=uploads.UPLOAD_TYPES,
+        )
         if ref_files:
-            ref_loaded = state.load_uploads(ref_files, model.image_shape)
+            ref_loaded = uploads.load_uploads(ref_files, model.image_shape)
             widgets.show_load_problems(ref_loaded)
             ref_loaded.raise_if_empty()
-            reference = state.reference_from_images(choices, ref_loaded.images)
+            reference = verdicts.reference_from_images(choices, ref_loaded.images)
     stats = state.image_statistics(choices, images)
 
 # ----------------------------------------------------------------------------- controls
@@ -122,17 +126,17 @@ with left:
     )
 with right:
     fpr = st.select_slider(
-        "Target false-positive rate", options=list(state.FPR_CHOICES), value=state.DEFAULT_FPR, key="check_fpr",
+        "Target false-positive rate", options=list(FPR_CHOICES), value=DEFAULT_FPR, key="check_fpr",
         format_func=lambda v: f"{100 * v:g}%",
         help="About this fraction of images the model never saw would be flagged as members.",
     )
 column = grid.index(t)
-label = state.statistic_label(choices.attack)
-st.caption(state.attack_summary(choices.attack, t) + (f". Reference: {reference.source}." if reference else "."))
+label = reading.statistic_label(choices.attack)
+st.caption(reading.attack_summary(choices.attack, t) + (f". Reference: {reference.source}." if reference else "."))
 
 results = []
 for i, name in enumerate(names):
-    verdict = state.check(reference, t, float(stats[i, column]), fpr, digests[i]) if reference else None
+    verdict = verdicts.check(reference, t, float(stats[i, column]), fpr, digests[i]) if reference else None
     truth = (split.truth(digests[i]) if split is not None else None) or labels.get(name)
     results.append((verdict, truth))
 
@@ -162,7 +166,7 @@ for i, name in enumerate(names):
             for note in notes[i]:
                 st.caption(note)
         with answer:
-            st.metric(label, f"{stats[i, column]:.4g}", help=f"At t = {t}. {state.attack_summary(choices.attack, t)}.")
+            st.metric(label, f"{stats[i, column]:.4g}", help=f"At t = {t}. {reading.attack_summary(choices.attack, t)}.")
             if verdict is None:
                 st.info("Raw score only: no reference non-members, so no p-value or verdict.")
             else:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.attacks import ATTACK_NAMES, get_attack
 from core.errors import SimaError
-from explorer import charts, state, widgets
+from explorer import charts, reading, state, widgets
 
 st.title("Compare attacks")
 st.markdown(
@@ -16,24 +17,24 @@ st.markdown(
 )
 choices = widgets.require_choices()
 data = widgets.labelled_data(choices, key="compare_data")
-names = list(state.attack_names())
+names = list(ATTACK_NAMES)
 # The widget forgets its value when another page is shown; the choice is kept beside it.
 if "compare_attacks" not in st.session_state:
     st.session_state["compare_attacks"] = [n for n in st.session_state.get("compare_chosen", names) if n in names]
-chosen = st.multiselect("Attacks", names, key="compare_attacks", format_func=state.attack_title)
+chosen = st.multiselect("Attacks", names, key="compare_attacks", format_func=reading.attack_title)
 st.session_state["compare_chosen"] = chosen
 if not chosen:
     st.info("Choose at least one attack.")
     st.stop()
 
 grid = list(choices.grid)
-costs = {name: state.attack_cost(name, grid, len(data)) for name in chosen}
+costs = {name: len(data) * get_attack(name).queries_for_grid(grid) for name in chosen}
 seconds = sum(costs.values()) / state.forward_rate(choices)
 estimate = f"{seconds / 60:.0f} min" if seconds > 90 else f"{seconds:.0f} s"
 st.caption(
     f"{len(data):,} images × {len(grid)} timesteps: about {sum(costs.values()):,} model evaluations in all, "
     f"roughly {estimate} on this machine ("
-    + ", ".join(f"{state.attack_title(n)} {c:,}" for n, c in costs.items()) + ")."
+    + ", ".join(f"{reading.attack_title(n)} {c:,}" for n, c in costs.items()) + ")."
 )
 run_key = (choices, tuple(chosen), data.key)
 if st.button("Run the comparison", type="primary"):

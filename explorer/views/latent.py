@@ -7,7 +7,9 @@ import math
 import streamlit as st
 
 from core.errors import SimaError
-from explorer import charts, state, widgets
+from core import demo_names
+from explorer import charts, reading, state, widgets
+from explorer.choices import PERFECT_MEMORISER, PIXEL_VS_LATENT
 
 st.title("Pixel vs latent")
 st.markdown(
@@ -19,13 +21,13 @@ st.markdown(
     "happens on these small models, rather than taking the paper's word for it."
 )
 choices = widgets.require_choices()
-available = set(state.demo_names())
-models = [name for name in state.PIXEL_VS_LATENT if name in available]
-if state.PERFECT_MEMORISER in available:
-    models.append(state.PERFECT_MEMORISER)
+available = set(demo_names())
+models = [name for name in PIXEL_VS_LATENT if name in available]
+if PERFECT_MEMORISER in available:
+    models.append(PERFECT_MEMORISER)
 if len(models) < 2:
     st.info("This page needs the bundled pixel and latent demos "
-            f"({', '.join(state.PIXEL_VS_LATENT)}), which are not installed here.")
+            f"({', '.join(PIXEL_VS_LATENT)}), which are not installed here.")
     st.stop()
 st.caption(
     f"Attack, timesteps, device and seed come from the sidebar ({choices.attack}, {len(choices.grid)} timesteps); "
@@ -53,17 +55,17 @@ widgets.plot(charts.auc_curves_figure(results), key="latent_curves")
 table = charts.metrics_table(results, label="model")
 table.insert(1, "kind", [infos[n].kind for n in results])
 table.insert(2, "space", ["×".join(map(str, infos[n].sample_shape)) for n in results])
-betas = [state.kl_weight(infos[n].manifest) for n in results]
+betas = [reading.kl_weight(infos[n].manifest) for n in results]
 table.insert(3, "KL weight β", ["" if beta is None else f"{beta:g}" for beta in betas])
 st.dataframe(table.drop(columns=["wall time (s)"]), hide_index=True)
 
-pixel = state.PIXEL_VS_LATENT[0]
+pixel = PIXEL_VS_LATENT[0]
 latents = [n for n in results if infos[n].kind == "latent"]
 if pixel in results and latents:
     reference = results[pixel].metrics.auc
     lines = [
-        f"- **{name}** (β = {state.kl_weight(infos[name].manifest) or '?'}): AUC {results[name].metrics.auc.value:.3f}, "
-        f"{state.compared(results[name].metrics.auc, reference)} the pixel model's {reference.value:.3f}"
+        f"- **{name}** (β = {reading.kl_weight(infos[name].manifest) or '?'}): AUC {results[name].metrics.auc.value:.3f}, "
+        f"{reading.compared(results[name].metrics.auc, reference)} the pixel model's {reference.value:.3f}"
         for name in latents
     ]
     st.markdown("**On these models**, at each one's chosen t (95% intervals decide \"about the same\"):\n" + "\n".join(lines))
@@ -81,7 +83,7 @@ if pixel in results and latents:
         rows += [[("", recon[n][i]) for i in range(len(originals))] for n in recon]
         # Short row titles (they are drawn vertically): the autoencoder's β names it.
         titles = ["training image"] + [
-            n if state.kl_weight(infos[n].manifest) is None else f"β = {state.kl_weight(infos[n].manifest):g}" for n in recon
+            n if reading.kl_weight(infos[n].manifest) is None else f"β = {reading.kl_weight(infos[n].manifest):g}" for n in recon
         ]
         widgets.plot(charts.image_grid_figure(rows, row_titles=titles, panel_px=150), key="latent_recon")
         shapes = ", ".join(

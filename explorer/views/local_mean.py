@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from core.hashing import tensor_digest
-from explorer import charts, state, widgets
+from explorer import charts, state, uploads, widgets
+from explorer.examples import load_examples
 
 st.title("Local mean")
 st.markdown(
@@ -32,10 +33,12 @@ if split is not None:
 else:
     st.info(f"{no_split} Upload the images it was trained on (or a stand-in set) to see local means; "
             "without them only the model's own estimate x̂₀ is shown.")
-    files = st.file_uploader("Reference set (training images)", accept_multiple_files=True, key="lm_reference")
+    files = st.file_uploader(
+        "Reference set (training images)", accept_multiple_files=True, key="lm_reference", type=uploads.UPLOAD_TYPES,
+    )
     if files:
         with widgets.user_errors():
-            loaded = state.load_uploads(files, model.image_shape)
+            loaded = uploads.load_uploads(files, model.image_shape)
             widgets.show_load_problems(loaded)
             loaded.raise_if_empty()
         reference_images, reference_ids = loaded.images, loaded.ids
@@ -63,16 +66,16 @@ elif source == EXAMPLE:
     by_name = {e.name: e for e in examples}
     name = st.selectbox("Example", list(by_name), format_func=lambda n: by_name[n].title(), key="lm_example")
     with widgets.user_errors():
-        loaded = state.load_examples([by_name[name]], model.image_shape)
+        loaded = load_examples([by_name[name]], model.image_shape)
         loaded.raise_if_empty()
     query, query_name = loaded.images[:1], name
 else:
-    file = st.file_uploader("An image", key="lm_upload", type=["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "ppm", "pgm"])
+    file = st.file_uploader("An image", key="lm_upload", type=uploads.IMAGE_TYPES)
     if file is None:
         st.info("Upload an image to see its local mean.")
         st.stop()
     with widgets.user_errors():
-        loaded = state.load_uploads([file], model.image_shape)
+        loaded = uploads.load_uploads([file], model.image_shape)
         widgets.show_load_problems(loaded)
         loaded.raise_if_empty()
     query, query_name = loaded.images[:1], file.name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from explorer import charts, state, widgets
+from explorer import charts, reading, state, widgets
 
 GALLERY = 8
 
@@ -26,7 +26,7 @@ t = widgets.timestep_slider(
 )
 column = result.column(t)
 row = result.per_t[column]
-label = state.statistic_label(choices.attack)
+label = reading.statistic_label(choices.attack)
 
 auc_col, tpr_col, chosen_col = st.columns(3)
 auc_col.metric("AUC at this t", f"{row['auc']:.3f}", help="On the report half of the data.")
@@ -49,7 +49,7 @@ with right:
     st.caption("Metrics on the report half; the star is the t the audit chose on the other half.")
 
 st.subheader(f"Most and least member-like images at t = {t}")
-most, least = state.extremes(result, t, GALLERY)
+most, least = reading.extremes(result, t, GALLERY)
 images = data.images()
 
 

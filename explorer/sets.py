@@ -1,0 +1,56 @@
+"""Labelled image sets (members and non-members) as the pages pass them around."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from core.errors import DataError
+from core.hashing import row_digests, tensor_digest
+
+
+@dataclass
+class LabelledSet:
+    """Members and non-members as [-1, 1] images, with a content key for caches."""
+
+    members: torch.Tensor
+    member_ids: list[str]
+    nonmembers: torch.Tensor
+    nonmember_ids: list[str]
+    key: str
+    source: str
+    member_digests: tuple[str, ...] = ()
+    nonmember_digests: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.member_ids) + len(self.nonmember_ids)
+
+    def images(self) -> torch.Tensor:
+        return torch.cat([self.members, self.nonmembers])
+
+    def ids(self) -> list[str]:
+        return self.member_ids + self.nonmember_ids
+
+    def truth(self, digest: str) -> str | None:
+        """'member' or 'held-out' when an image with this content digest is in the set."""
+        if digest in self.member_digests:
+            return "member"
+        if digest in self.nonmember_digests:
+            return "held-out"
+        return None
+
+
+def labelled_set(
+    members: torch.Tensor, member_ids: Sequence[str], nonmembers: torch.Tensor, nonmember_ids: Sequence[str],
+    source: str,
+) -> LabelledSet:
+    """Wrap two image batches, keyed by their content so equal uploads share cached results."""
+    if len(member_ids) == 0 or len(nonmember_ids) == 0:
+        raise DataError("Give at least one member and one non-member image.")
+    key = tensor_digest(members) + tensor_digest(nonmembers)
+    return LabelledSet(
+        members, list(member_ids), nonmembers, list(nonmember_ids), key, source,
+        tuple(row_digests(members)), tuple(row_digests(nonmembers)),
+    )
