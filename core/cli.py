@@ -93,8 +93,8 @@ def cmd_audit(args) -> int:
 
 def cmd_score(args) -> int:
     from core.attacks import get_attack
-    from core.scoring import score_images
-    from core.sets import load_files, load_set
+    from core.scoring import Calibration, calibrate, score_images
+    from core.sets import load_files, reference_set
 
     model = _model(args)
     problems: list = []
@@ -104,10 +104,15 @@ def cmd_score(args) -> int:
         problems.append(problem)
 
     images, ids = load_files(args.images, model, on_problem=skipped)
-    reference = load_set(args.reference, model, "heldout", on_problem=_skipped)[0] if args.reference else None
+    reference = None
+    if args.reference:
+        # Only 'demo' needs to know which held-out images chose t; files are used as given.
+        calibration = (calibrate(model, attack=args.attack, t=args.t, seed=args.seed, cache=_cache(args))
+                       if args.reference == "demo" else Calibration(args.attack, args.t, None, "given"))
+        reference = reference_set(args.reference, model, calibration, on_problem=_skipped)[0]
     records = score_images(
-        model, images, ids, attack=get_attack(args.attack), t=args.t, reference=reference, fpr=args.fpr, seed=args.seed,
-        batch_size=args.batch_size, cache=_cache(args),
+        model, images, ids, attack=get_attack(args.attack), t=args.t, reference=reference, fpr=args.fpr, fdr=args.fdr,
+        seed=args.seed, batch_size=args.batch_size, cache=_cache(args),
     )
     if args.json:
         print(json.dumps([r.to_dict() for r in records], indent=2))
@@ -115,10 +120,46 @@ def cmd_score(args) -> int:
         for r in records:
             line = f"{r.file}\tt={r.t}\tstatistic={r.statistic:.6g}"
             if r.p_value is not None:
-                line += f"\tp={r.p_value:.4f}\t{r.verdict}"
+                line += f"\tp={r.p_value:.4f}"
+                if r.adjusted_p is not None:
+                    line += f"\tBH-adjusted p={r.adjusted_p:.4f}"
+                line += f"\t{r.verdict}"
             print(line)
         if reference is not None:
-            print(f"\nVerdicts at FPR {args.fpr} against {len(reference)} reference non-members. {records[0].explanation}")
+            rate = f"false discovery rate {args.fdr}" if args.fdr is not None else f"FPR {args.fpr}"
+            print(f"\nVerdicts at {rate} against {len(reference)} reference non-members. {records[0].explanation}")
+    return EXIT_USER_ERROR if problems else 0
+
+
+def cmd_collection(args) -> int:
+    from core.collection import check_collection
+    from core.scoring import calibrate
+    from core.sets import load_files, reference_set
+
+    model = _model(args)
+    update, close = _progress("calibration audit", args.quiet)
+    try:
+        calibration = calibrate(model, attack=args.attack, t=args.t, seed=args.seed, batch_size=args.batch_size,
+                                cache=_cache(args), progress=update)
+    finally:
+        close()
+    problems: list = []
+
+    def skipped(problem) -> None:
+        _skipped(problem)
+        problems.append(problem)
+
+    images, _ = load_files(args.images, model, on_problem=skipped)
+    reference, reference_ids = reference_set(args.reference, model, calibration, on_problem=_skipped)
+    result = check_collection(
+        model, images, reference, reference_ids, calibration=calibration, alpha=args.alpha,
+        n_bootstrap=args.bootstrap, seed=args.seed, batch_size=args.batch_size, cache=_cache(args),
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(model.info().describe())
+        print(result.summary())
     return EXIT_USER_ERROR if problems else 0
 
 
@@ -191,7 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--t", type=int, default=50, help="timestep (default 50)")
     score.add_argument("--reference", help="known non-members ('demo' for a bundled model's held-out set)")
     score.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate of the verdict (default 0.01)")
+    score.add_argument("--fdr", type=float, default=None,
+                       help="instead of --fpr, flag images so that the false discovery rate over them is at most FDR "
+                       "(Benjamini-Hochberg), e.g. 0.1")
     score.set_defaults(func=cmd_score)
+
+    coll = sub.add_parser("collection", help="was this collection of images, as a group, used in training?")
+    common(coll)
+    coll.add_argument("--images", nargs="+", required=True, help="the collection: image files, folders, zips or npz")
+    coll.add_argument("--reference", required=True,
+                      help="known non-members: 'demo' (the model's held-out images less those that chose t), or files")
+    coll.add_argument("--attack", default=None, help="attack (default: the model card's, else sima)")
+    coll.add_argument("--t", type=int, default=None,
+                      help="timestep (default: the model card's, else chosen by a calibration audit on the model's split)")
+    coll.add_argument("--alpha", type=float, default=0.01, help="significance level of the verdict (default 0.01)")
+    coll.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the AUC's CI (default 1000)")
+    coll.set_defaults(func=cmd_collection)
 
     train = sub.add_parser("train", help="train a demo model from a JSON config")
     train.add_argument("config", help="training config JSON (e.g. assets/models/NAME/train.json)")

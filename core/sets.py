@@ -34,6 +34,16 @@ def load_set(spec: str, model, which: str, *, on_problem: OnProblem | None = Non
     return load_files([spec], model, on_problem=on_problem)
 
 
+def reference_set(spec: str, model, calibration, *, on_problem: OnProblem | None = None) -> tuple[torch.Tensor, list[str]]:
+    """Known non-members: 'demo' (the model's held-out images less those that chose t, by
+    ``calibration``, a ``core.scoring.Calibration``) or files, folders, zips, npz."""
+    if spec == "demo":
+        from core.scoring import demo_reference
+
+        return demo_reference(model, calibration)
+    return load_files([spec], model, on_problem=on_problem)
+
+
 def stream_set(spec: str, model, which: str, *, on_problem: OnProblem | None = None) -> Iterator[tuple[torch.Tensor, list[str]]]:
     """Like :func:`load_set`, but a file source is read one chunk at a time (memory stays flat)."""
     if spec == "demo":

@@ -27,6 +27,7 @@ st.set_page_config(page_title="SimA explorer: was this image in the training set
 navigation = st.navigation({
     "Ask": [
         st.Page(PAGES / "check.py", title="Check an image", icon=":material/image_search:", default=True),
+        st.Page(PAGES / "collection.py", title="Check a collection", icon=":material/photo_library:"),
         st.Page(PAGES / "audit.py", title="Audit a dataset", icon=":material/fact_check:"),
     ],
     "Explore": [

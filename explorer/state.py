@@ -169,6 +169,51 @@ def image_statistics(choices: Choices, images: torch.Tensor) -> np.ndarray:
     )
 
 
+# ----------------------------------------------------------------------------- collections
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _calibration(fingerprint: str, device: str, attack: str, seed: int, t: int | None, _spec: str):
+    from core.scoring import calibrate
+
+    update, close = progress_bar("Calibrating t on the model's own split", "image-timestep pairs")
+    try:
+        return calibrate(get_model(_spec, device), attack=attack, t=t, seed=seed, cache=score_cache(), progress=update)
+    finally:
+        close()
+
+
+def calibration(choices: Choices, t: int | None = None):
+    """Where t and the attack come from for this model (``core.scoring.calibrate``), computed once."""
+    fingerprint = get_model(choices.spec, choices.device).fingerprint
+    return _calibration(fingerprint, choices.device, choices.attack, choices.seed, t, choices.spec)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _collection(
+    fingerprint: str, device: str, attack: str, t: int, source: str, images_key: str, reference_key: str,
+    alpha: float, seed: int, _spec: str, _calibration, _images: torch.Tensor, _reference: torch.Tensor,
+    _reference_ids: tuple[str, ...],
+):
+    from core.collection import check_collection
+
+    return check_collection(
+        get_model(_spec, device), _images, _reference, list(_reference_ids), calibration=_calibration,
+        alpha=alpha, seed=seed, cache=score_cache(),
+    )
+
+
+def collection(choices: Choices, calibrated, images: torch.Tensor, reference: torch.Tensor,
+               reference_ids: list[str], alpha: float):
+    """The collection test (``core.collection.check_collection``) of ``images``, computed once."""
+    fingerprint = get_model(choices.spec, choices.device).fingerprint
+    return _collection(
+        fingerprint, choices.device, calibrated.attack, calibrated.t, calibrated.source, tensor_digest(images),
+        tensor_digest(reference), float(alpha), choices.seed, choices.spec, calibrated, images, reference,
+        tuple(reference_ids),
+    )
+
+
 # ----------------------------------------------------------------------------- local means
 
 

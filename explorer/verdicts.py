@@ -1,8 +1,9 @@
-"""Statistics of known images that single images are judged against, and one image's answer."""
+"""Statistics of known images that images are judged against, and their answers (core.scoring's)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -10,6 +11,7 @@ import torch
 from core import metrics
 from core.attacks import get_attack
 from core.hashing import row_digests
+from core.scoring import ImageVerdict, demo_reference, image_verdicts
 from explorer import state
 from explorer.choices import Choices
 from explorer.sets import LabelledSet
@@ -32,11 +34,16 @@ class Reference:
 
 
 def reference_from_audit(result, data: LabelledSet) -> Reference:
-    """The model's own split as a reference: held-out images calibrate, members show contrast."""
+    """The model's own split as a reference: held-out images of the report half calibrate (those
+    of the selection half chose t, so they never judge an image), members show contrast."""
+    heldout = result.labels == 0
+    report = heldout & ~result.selection_half
+    kept = ~result.selection_half[heldout]
     return Reference(
         timesteps=list(result.timesteps), member_when=result.member_when,
-        nonmembers=result.statistics[result.labels == 0], members=result.statistics[result.labels == 1],
-        nonmember_digests=data.nonmember_digests, source=f"the model's {len(data.nonmember_ids):,} held-out images",
+        nonmembers=result.statistics[report], members=result.statistics[result.labels == 1],
+        nonmember_digests=tuple(d for d, k in zip(data.nonmember_digests, kept) if k),
+        source=f"the model's {int(report.sum()):,} held-out images that did not choose t",
         chosen_t=result.chosen_t,
     )
 
@@ -51,27 +58,22 @@ def reference_from_images(choices: Choices, nonmembers: torch.Tensor) -> Referen
     )
 
 
-@dataclass(frozen=True)
-class Check:
-    """One image's answer at one timestep."""
+def check(
+    reference: Reference, t: int, statistics: Sequence[float], fpr: float, digests: Sequence[str],
+    fdr: float | None = None,
+) -> list[ImageVerdict]:
+    """Verdicts of images at t against the reference non-members, by the same function as
+    ``sima score``: an image that is itself one of the reference non-members is left out of its
+    own reference; with ``fdr`` the batch holds the false discovery rate (Benjamini-Hochberg)
+    instead of a per-image false-positive rate."""
+    column = reference.column(t)
+    return image_verdicts(
+        metrics.membership_scores(np.asarray(statistics, dtype=np.float64), reference.member_when),
+        metrics.membership_scores(reference.nonmembers[:, column], reference.member_when),
+        alpha=fpr, fdr=fdr, digests=list(digests), reference_digests=reference.nonmember_digests,
+    )
 
-    statistic: float
-    p_value: float
-    likely_member: bool
-    achievable: bool
-    sentence: str
-    n_reference: int
-    left_out: bool
 
-
-def check(reference: Reference, t: int, statistic: float, fpr: float, digest: str) -> Check:
-    """The empirical p-value and verdict of one image at t against the reference non-members.
-
-    An image that is itself one of the reference non-members is left out of the reference,
-    so that it is not compared with itself.
-    """
-    keep = np.array([d != digest for d in reference.nonmember_digests], dtype=bool)
-    ref_stats = reference.nonmembers[keep, reference.column(t)]
-    score = float(metrics.membership_scores(np.array([statistic]), reference.member_when)[0])
-    v = metrics.verdict(score, metrics.membership_scores(ref_stats, reference.member_when), fpr)
-    return Check(statistic, v.p_value, v.likely_member, v.achievable, v.sentence, v.n_reference, not keep.all())
+def collection_reference(choices: Choices, calibrated) -> tuple[torch.Tensor, list[str]]:
+    """The model's held-out images that did not choose t (DataError when the model has no split)."""
+    return demo_reference(state.get_model(choices.spec, choices.device), calibrated)

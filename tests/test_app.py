@@ -22,7 +22,7 @@ from core.datasets import digits_uint8
 from core import demo_names
 from core.attacks import ATTACK_NAMES
 from explorer import reading, state, uploads, verdicts
-from explorer.choices import DEFAULT_MODEL, GRID_ENV, MODEL_ENV, PIXEL_VS_LATENT, parse_grid
+from explorer.choices import DEFAULT_MODEL, GRID_ENV, MODEL_ENV, PIXEL_VS_LATENT, Choices, parse_grid
 
 pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -31,7 +31,7 @@ APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
 FAST = "digits-empirical"
 GRID = "10,50"
 TIMEOUT = 180
-PAGES = ["check", "audit", "timesteps", "local_mean", "compare", "latent", "about"]
+PAGES = ["check", "collection", "audit", "timesteps", "local_mean", "compare", "latent", "about"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -165,8 +165,9 @@ def test_uploading_images_gives_scores_p_values_and_verdicts(monkeypatch):
     p_values = [float(m.value) for m in at.metric if m.label == "p-value"]
     assert len(p_values) == 2
     # The exact optimal denoiser recognises its own member: the smallest possible p-value.
-    n_heldout = len(state.get_model(FAST, "cpu").manifest["heldout_ids"])
-    assert p_values[0] == pytest.approx(1 / n_heldout, rel=1e-2)  # the held-out image itself is left out
+    # The reference is the held-out half that did not choose t (the audit's report half).
+    n_reference = len(state.get_model(FAST, "cpu").manifest["heldout_ids"]) // 2
+    assert p_values[0] == pytest.approx(1 / (1 + n_reference), rel=2e-3)  # shown to 3 digits
     assert p_values[1] > 0.05
     assert "Likely a member" in texts(at.error) and "Not flagged" in texts(at.success)
     assert "Ground truth from the known split: **member**" in texts(at.caption)
@@ -358,10 +359,37 @@ def test_check_leaves_an_image_out_of_its_own_reference():
     stats = np.array([[1.0], [2.0], [3.0], [4.0]])
     reference = verdicts.Reference([10], "lower", stats, None, ("a", "b", "c", "d"), "test")
     # statistic 2.0 ("b"): its own row would tie with it; left out, 1 of 3 others scores as member-like
-    inside = verdicts.check(reference, 10, 2.0, 0.5, "b")
-    outside = verdicts.check(reference, 10, 2.0, 0.5, "z")
+    inside, outside = verdicts.check(reference, 10, [2.0, 2.0], 0.5, ["b", "z"])
     assert inside.left_out and inside.n_reference == 3 and inside.p_value == pytest.approx((1 + 1) / (1 + 3))
     assert not outside.left_out and outside.n_reference == 4 and outside.p_value == pytest.approx((1 + 2) / (1 + 4))
+
+
+def test_the_check_page_holds_the_false_discovery_rate_when_asked(monkeypatch):
+    at = start(monkeypatch, FAST)
+    files = [(*demo_png("member", i), "image/png") for i in range(2)] + [(*demo_png("heldout", 5), "image/png")]
+    at.file_uploader(key="check_uploads").set_value(files).run()
+    assert "BH-adjusted p" not in at.dataframe[0].value.columns
+    at.toggle(key="check_fdr_on").set_value(True).run()
+    table = at.dataframe[0].value
+    assert not at.exception and "BH-adjusted p" in table.columns
+    assert list(table["verdict at 1% FDR"]) == ["likely member", "likely member", "not flagged"]
+    assert all(table["BH-adjusted p"] >= table["p-value"] - 1e-12)
+
+
+def test_the_collection_page_tests_uploaded_images_and_says_where_t_came_from(monkeypatch):
+    at = start(monkeypatch, FAST, "collection")
+    assert at.title[0].value == "Check a collection" and not at.error
+    calibrated = state.calibration(Choices(FAST, "cpu", "sima", (10, 50)))
+    report_heldout = [i for i, image_id in enumerate(state.get_model(FAST, "cpu").manifest["heldout_ids"])
+                      if image_id not in calibrated.selection_ids]
+    files = [(*demo_png("member", i), "image/png") for i in range(6)] + [(*demo_png("heldout", report_heldout[0]), "image/png")]
+    at.file_uploader(key="collection_uploads").set_value(files).run()
+    assert not at.exception, [e.message for e in at.exception]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Collection images (n)"] == "7" and metrics["Reference non-members (m)"] == "249"
+    assert float(metrics["p-value"]) < 1e-3 and "Likely used in training" in texts(at.error)
+    assert "model card's audit" in texts(at.caption) and "1 of your images is also in the reference" in texts(at.info)
+    assert "images are needed" in texts(at.markdown)
 
 
 def test_parse_grid_drops_steps_beyond_the_model():

@@ -7,6 +7,7 @@ import torch
 
 from core.data import POLICY
 from core.hashing import row_digests
+from core.scoring import CANNOT_DECIDE
 from explorer import charts, reading, state, uploads, verdicts, widgets
 from explorer.choices import DEFAULT_FPR, FPR_CHOICES
 from explorer.examples import load_examples
@@ -125,20 +126,28 @@ with left:
         key="check_t", help="The audit of the model's split chooses a t (on its selection half); you can move it.",
     )
 with right:
-    fpr = st.select_slider(
-        "Target false-positive rate", options=list(FPR_CHOICES), value=DEFAULT_FPR, key="check_fpr",
-        format_func=lambda v: f"{100 * v:g}%",
-        help="About this fraction of images the model never saw would be flagged as members.",
+    fdr_on = st.toggle(
+        "Hold the false discovery rate", key="check_fdr_on", disabled=reference is None,
+        help="For many images at once: flag images so that, among those flagged, at most this fraction are "
+        "expected to be non-members (Benjamini-Hochberg), instead of a false-positive rate per image.",
     )
+    fpr = st.select_slider(
+        "Target false discovery rate" if fdr_on else "Target false-positive rate", options=list(FPR_CHOICES),
+        value=DEFAULT_FPR, key="check_fpr", format_func=lambda v: f"{100 * v:g}%",
+        help="About this fraction of images the model never saw would be flagged as members." if not fdr_on else
+        "About this fraction of the flagged images would be non-members.",
+    )
+rate = f"{100 * fpr:g}% {'FDR' if fdr_on else 'FPR'}"
 column = grid.index(t)
 label = reading.statistic_label(choices.attack)
 st.caption(reading.attack_summary(choices.attack, t) + (f". Reference: {reference.source}." if reference else "."))
 
+answers = (verdicts.check(reference, t, stats[:, column], fpr, digests, fdr=fpr if fdr_on else None)
+           if reference else [None] * len(names))
 results = []
 for i, name in enumerate(names):
-    verdict = verdicts.check(reference, t, float(stats[i, column]), fpr, digests[i]) if reference else None
     truth = (split.truth(digests[i]) if split is not None else None) or labels.get(name)
-    results.append((verdict, truth))
+    results.append((answers[i], truth))
 
 table = {
     "image": names,
@@ -146,14 +155,15 @@ table = {
 }
 if reference:
     table["p-value"] = [r[0].p_value for r in results]
-    table[f"verdict at {100 * fpr:g}% FPR"] = [
-        ("likely member" if r[0].likely_member else "cannot decide" if not r[0].achievable else "not flagged") for r in results
-    ]
+    if fdr_on:
+        table["BH-adjusted p"] = [r[0].adjusted_p for r in results]
+    table[f"verdict at {rate}"] = [r[0].words for r in results]
 if any(r[1] for r in results):
     table["truth (known split)"] = [r[1] or "" for r in results]
 st.dataframe(table, hide_index=True, column_config={
     label + f" at t={t}": st.column_config.NumberColumn(format="%.3e"),
     "p-value": st.column_config.NumberColumn(format="%.4f"),
+    "BH-adjusted p": st.column_config.NumberColumn(format="%.4f"),
 })
 
 # ----------------------------------------------------------------------------- per image
@@ -171,12 +181,12 @@ for i, name in enumerate(names):
                 st.info("Raw score only: no reference non-members, so no p-value or verdict.")
             else:
                 st.metric("p-value", f"{verdict.p_value:.3g}", help="(1 + reference images scoring at least as member-like) / (1 + reference size)")
-                if not verdict.achievable:
-                    st.warning("**Cannot decide** at this false-positive rate.")
+                if verdict.words == CANNOT_DECIDE:
+                    st.warning(f"**Cannot decide** at {rate}.")
                 elif verdict.likely_member:
-                    st.error(f"**Likely a member** (flagged at {100 * fpr:g}% FPR)")
+                    st.error(f"**Likely a member** (flagged at {rate})")
                 else:
-                    st.success(f"**Not flagged** at {100 * fpr:g}% FPR")
+                    st.success(f"**Not flagged** at {rate}")
                 st.caption(verdict.sentence)
                 if verdict.left_out:
                     st.caption("This image is one of the reference held-out images, so it was left out of the reference.")
