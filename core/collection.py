@@ -140,6 +140,25 @@ def smallest_p(n: int, m: int, method: str) -> float:
     return _normal_p(float(n * m), n, m, (1,) * (n + m))
 
 
+def exact_false_positive_rate(n: int, m: int, alpha: float, *, method: str = "auto") -> float:
+    """The test's true false-positive rate at ``alpha`` for n query and m reference scores without
+    ties: the exact null probability of every U whose p-value (by ``method``) is at most alpha.
+
+    For the exact method it is at most alpha by construction; for the normal approximation it
+    measures how far the approximation is from alpha, with no simulation noise.
+    """
+    if method == "auto":
+        method = "exact" if n * m <= EXACT_MAX_PAIRS else "normal"
+    groups = (1,) * (n + m)
+    counts = null_counts(n, groups)[::2]  # without ties 2U is even
+    prob = counts / counts.sum()
+    if method == "exact":
+        p = np.cumsum(prob[::-1])[::-1]
+    else:
+        p = np.array([_normal_p(float(u), n, m, groups) for u in range(prob.size)])
+    return float(prob[p <= alpha].sum())
+
+
 # --------------------------------------------------------------------------- power
 
 

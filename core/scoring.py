@@ -141,7 +141,7 @@ class Calibration:
     t: int
     per_image_auc: float | None  # the attack's AUC on single images at t, on a report half
     source: str  # one sentence: where t and the attack come from
-    selection_ids: tuple[str, ...] = ()  # held-out ids that chose t: never part of a reference
+    selection_ids: tuple[str, ...] = ()  # ids of the model's split that chose t: never in a reference
 
 
 def _split_ids(model: DiffusionModel) -> tuple[list[str], list[str]] | None:
@@ -153,12 +153,12 @@ def _split_ids(model: DiffusionModel) -> tuple[list[str], list[str]] | None:
 
 
 def _selection_ids(split: tuple[list[str], list[str]] | None, seed: int) -> tuple[str, ...]:
-    """The held-out ids in the selection half of an audit of the model's split with ``seed``."""
+    """The ids (members and held-out) in the selection half of an audit of the model's split."""
     if split is None:
         return ()
     members, heldout = split
-    chosen = split_halves(len(members), len(heldout), seed)[len(members):]
-    return tuple(i for i, c in zip(heldout, chosen) if c)
+    chosen = split_halves(len(members), len(heldout), seed)
+    return tuple(i for i, c in zip(members + heldout, chosen) if c)
 
 
 def calibrate(
@@ -180,8 +180,8 @@ def calibrate(
        t chosen by AUC on the selection half, per-image AUC from the report half;
     3. ``t`` (and ``attack``, default SimA) as given, without a per-image AUC.
 
-    Never the images being judged. The held-out images of the selection half are listed so that
-    no reference includes them.
+    Never the images being judged. The ids of the selection half are listed so that no reference
+    includes them.
     """
     from core.attacks import get_attack
     from core.audit import run_audit

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,3 +89,31 @@ def test_speed_targets_report_the_worst_model_and_fail_honestly(speed):
     assert rows[0][1] == "0.85" and rows[2][1] == "40x" and "+40.0%" in rows[3][1]
     closed_form = {**slow, "parameters": 0}  # the empirical denoiser: shown, not counted
     assert [m for _, _, m in speed.targets({"models": [fast, closed_form], "scale": scale})] == [True] * 4
+
+
+@pytest.fixture(scope="module")
+def collection_bench():
+    yield from _script("collection")
+
+
+def test_the_committed_collection_section_is_rendered_from_the_committed_results(collection_bench):
+    results = ROOT / "benchmarks" / "results" / "collection.json"
+    if not results.is_file():
+        pytest.skip("benchmarks/results/collection.json is not committed yet; run python benchmarks/collection.py")
+    payload = json.loads(results.read_text())
+    assert collection_bench.markdown(payload).strip() in (ROOT / "docs" / "benchmarks.md").read_text()
+    null, power = payload["null_fpr"], payload["power"]
+    assert len({r["model"] for r in null}) >= 2 and {r["n"] for r in null} >= {5, 20, 100}
+    assert {r["alpha"] for r in null} >= {0.05, 0.01} and min(r["draws"] for r in null) >= 1000
+    assert all(set(r) >= {"model", "n", "alpha", "fpr", "draws"} for r in null)
+    assert all(set(r) >= {"model", "n", "alpha", "power"} for r in power)
+    # The test's true size (no simulation noise) is alpha up to the normal approximation's error.
+    assert all(r["exact_fpr"] <= r["alpha"] * 1.02 for r in null)
+
+
+def test_the_collection_benchmark_draws_disjoint_collections_and_references(collection_bench):
+    pool = np.arange(30, dtype=float)
+    p = collection_bench.draw_p_values(pool, None, 5, 200, np.random.default_rng(0))
+    assert p.shape == (200,) and ((0 < p) & (p <= 1)).all()
+    # Collections of the top of a pool against its bottom are always flagged.
+    assert (collection_bench.draw_p_values(pool[20:], pool[:20], 5, 20, np.random.default_rng(0)) < 0.01).all()

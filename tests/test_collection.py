@@ -109,3 +109,15 @@ def test_empty_or_broken_scores_are_clear_errors():
         collection.collection_test([], [1.0])
     with pytest.raises(DataError, match="NaN"):
         collection.collection_test([1.0, float("nan")], [1.0])
+
+
+@pytest.mark.parametrize("method", ["exact", "normal"])
+def test_the_size_of_the_test_matches_enumeration_and_never_exceeds_alpha_when_exact(method):
+    n, m, alpha = 3, 6, 0.1
+    pooled = np.arange(n + m, dtype=float)
+    flagged = [
+        collection.mann_whitney_p(pooled[list(c)], np.delete(pooled, c), method=method)[1] <= alpha
+        for c in itertools.combinations(range(n + m), n)
+    ]
+    assert collection.exact_false_positive_rate(n, m, alpha, method=method) == pytest.approx(np.mean(flagged))
+    assert collection.exact_false_positive_rate(4, 30, 0.01, method="exact") <= 0.01
