@@ -392,6 +392,13 @@ def test_the_collection_page_tests_uploaded_images_and_says_where_t_came_from(mo
     assert "images are needed" in texts(at.markdown)
 
 
+def test_the_collection_page_tries_the_models_own_members(monkeypatch):
+    at = start(monkeypatch, FAST, "collection")
+    at.button(key="collection_start").click().run()
+    assert not at.exception and "Likely used in training" in texts(at.error)
+    assert {m.label: m.value for m in at.metric}["Collection images (n)"] == "20"
+
+
 def test_parse_grid_drops_steps_beyond_the_model():
     assert parse_grid("0:1200:400", 1000) == ((0, 400, 800), "1 timestep(s) outside 0..999 were left out.")
     with pytest.raises(Exception, match="within this model's range"):
