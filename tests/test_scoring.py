@@ -39,7 +39,8 @@ def test_verdict_words_leave_one_out_and_fdr():
 
 
 def test_the_cli_and_the_app_give_the_same_words_and_p_values(tiny_model_dir, tmp_path, capsys):
-    from explorer import state
+    from explorer import state, uploads, verdicts
+    from explorer.choices import Choices
 
     rng = np.random.default_rng(0)
     reference = rng.integers(0, 256, size=(12, 8, 8, 3), dtype=np.uint8)
@@ -53,13 +54,13 @@ def test_the_cli_and_the_app_give_the_same_words_and_p_values(tiny_model_dir, tm
                      "--fpr", "0.2", "--json", "--no-cache", *fdr, *map(str, files)]) == 0
         cli = json.loads(capsys.readouterr().out)
 
-        choices = state.Choices(spec=str(tiny_model_dir), device="cpu", attack="sima", grid=(10,))
+        choices = Choices(spec=str(tiny_model_dir), device="cpu", attack="sima", grid=(10,))
         model = state.get_model(choices.spec, "cpu")
-        ref = state.load_uploads([("reference.npz", (tmp_path / "reference.npz").read_bytes())], model.image_shape).images
-        query = state.load_uploads([(f.name, f.read_bytes()) for f in files], model.image_shape).images
+        ref = uploads.load_uploads([("reference.npz", (tmp_path / "reference.npz").read_bytes())], model.image_shape).images
+        query = uploads.load_uploads([(f.name, f.read_bytes()) for f in files], model.image_shape).images
         from core.hashing import row_digests
 
-        app = state.check(state.reference_from_images(choices, ref), 10, state.image_statistics(choices, query)[:, 0],
+        app = verdicts.check(verdicts.reference_from_images(choices, ref), 10, state.image_statistics(choices, query)[:, 0],
                           0.2, row_digests(query), fdr=0.3 if fdr else None)
         assert [r["verdict"] for r in cli] == [v.words for v in app]
         assert [r["p_value"] for r in cli] == pytest.approx([v.p_value for v in app], abs=0)
