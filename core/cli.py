@@ -96,6 +96,8 @@ def cmd_score(args) -> int:
     from core.scoring import Calibration, calibrate, score_images
     from core.sets import load_files, reference_set
 
+    if args.fdr is not None and not args.reference:
+        raise SimaError("--fdr needs --reference: a verdict compares each image with known non-members.")
     model = _model(args)
     problems: list = []
 

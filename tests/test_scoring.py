@@ -86,6 +86,8 @@ def test_a_model_without_card_or_split_needs_a_given_t(tiny_model_dir, tmp_path,
     rc = main(["collection", "--model", str(tiny_model_dir), "--images", str(tmp_path / "a.png"),
                "--reference", str(tmp_path / "a.png")])
     assert rc == 2 and "give the timestep (--t)" in capsys.readouterr().err
+    assert main(["score", "--model", str(tiny_model_dir), "--fdr", "0.1", str(tmp_path / "a.png")]) == 2
+    assert capsys.readouterr().err.strip() == "error: --fdr needs --reference: a verdict compares each image with known non-members."
 
 
 @pytest.mark.parametrize("which", ["members", "heldout"])
@@ -110,3 +112,20 @@ def test_sima_collection_on_the_memorising_demo(which, tmp_path, capsys):
     else:
         # Every one of them is in the demo reference: reported and left out of it.
         assert result["overlap"] == 20 and result["m"] == 230 and result["verdict"] == "not flagged"
+
+
+def test_without_a_card_t_comes_from_a_calibration_audit_on_the_models_split():
+    import copy
+
+    from core.audit import run_audit
+    from core.datasets import demo_sets
+
+    model = copy.copy(load_model("digits-empirical"))
+    model.manifest = {k: v for k, v in model.manifest.items() if k != "check"}
+    calibrated = scoring.calibrate(model, timesteps=[0, 300], seed=1)
+    members, member_ids, heldout, heldout_ids = demo_sets(model)
+    audit = run_audit(model, members, heldout, attack="sima", timesteps=[0, 300], seed=1, n_bootstrap=0,
+                      member_ids=member_ids, nonmember_ids=heldout_ids)
+    assert calibrated.t == audit.chosen_t and calibrated.per_image_auc == audit.metrics.auc.value
+    assert "calibration audit on the model's own split (seed 1)" in calibrated.source
+    assert set(calibrated.selection_ids) == {i for i, s in zip(audit.ids, audit.selection_half) if s}
