@@ -17,6 +17,11 @@ A model folder is treated as hostile until checked. The order is the point:
 5. only then are the weights read (refusing NaN / Inf, :func:`check_finite`) and assigned to
    the network, which is never randomly initialised in real memory (:func:`materialise`).
 
+Weights stored in float64 (or float16 / bfloat16) are converted to the network's float32 rather
+than refused: a float64 file is usually a float32 model saved carelessly, whose values round-trip
+exactly; the budget counts both the file's bytes and the converted copy, and a value beyond
+float32's range becomes Inf and is refused like any other non-finite weight.
+
 Other component loaders (text encoders, tokenizers, LoRA files, papers' checkpoints) are meant
 to reuse these functions rather than write their own.
 """
@@ -562,8 +567,7 @@ class ModelPlan:
     def materialise(self, *, budget: int | None = None) -> dict[str, torch.nn.Module]:
         """Every network loaded, after checking their bytes together against the budget."""
         biggest = max(self.components.values(), key=lambda plan: plan.nbytes)
-        what = (f"this model ({self.parameters:,} parameters; its largest part, the {biggest.name}, has "
-                f"{largest_size_field(biggest.config)})")
+        what = f"this model ({self.parameters:,} parameters; {biggest.name} {largest_size_field(biggest.config)})"
         check_budget(self.nbytes, what, biggest.config_path, budget=budget)
         return {key: materialise(plan) for key, plan in self.components.items()}
 
@@ -587,7 +591,7 @@ def check_scheduler_config(config: dict, path: Path) -> int:
     trained = config.get("trained_betas")
     if trained is not None:
         if not isinstance(trained, list) or len(trained) != steps:
-            found = f"{len(trained):,} values" if isinstance(trained, list) else repr(type(trained).__name__)
+            found = f"{len(trained):,} values" if isinstance(trained, list) else f"a {type(trained).__name__}"
             raise ModelError(f"{path}: field 'trained_betas' has {found}; it needs one beta per timestep ({steps:,}).")
         for i, value in enumerate(trained):
             _probability(value, f"trained_betas[{i}]", path)
