@@ -315,6 +315,22 @@ def test_small_file_helpers(tmp_path):
         loading.load_pickle(tmp_path / "model.bin", allow_pickle=True, budget=10)
 
 
+def test_weight_helpers_for_other_loaders(corpus):
+    """What a LoRA or checkpoint loader reuses: the header, the finite check, a loose shape check."""
+    header = loading.safetensors_header(DEMO / WEIGHTS)
+    assert header["conv_in.weight"] == loading.TensorInfo(torch.float32, (32, 1, 3, 3))
+    assert loading.load_weights(DEMO / "unet").keys() == header.keys()
+    with pytest.raises(ModelError, match=r"'mid_block.resnets.0.conv1.weight' holds NaN or Inf"):
+        loading.load_weights(corpus["nan-weights"] / "unet")
+    part = {"conv_in.weight": header["conv_in.weight"], "lora.down": loading.TensorInfo(torch.float32, (4, 32))}
+    loading.check_shapes(header, part, Path("lora.safetensors"), "base", strict=False)
+    with pytest.raises(ModelError, match=r"do not match base \(missing"):
+        loading.check_shapes(header, part, Path("lora.safetensors"), "base")
+    bad = {"conv_in.weight": loading.TensorInfo(torch.int64, (32, 1, 3, 3))}
+    with pytest.raises(ModelError, match=r"lora.safetensors: tensor 'conv_in.weight' is stored as torch.int64"):
+        loading.check_shapes(header, bad, Path("lora.safetensors"), "base", strict=False)
+
+
 def test_scheduler_limits_name_the_field(tmp_path):
     path = tmp_path / "scheduler_config.json"
     assert loading.check_scheduler_config({"num_train_timesteps": loading.MAX_TIMESTEPS}, path) == loading.MAX_TIMESTEPS

@@ -376,14 +376,21 @@ def _parameters_on_meta() -> Iterator[None]:
         handle.remove()
 
 
+def _size_fields(config: Mapping) -> Iterator[tuple[str, list[int]]]:
+    """(field, the whole numbers it holds) for each public config field holding some."""
+    for key, value in config.items():
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        ints = [n for n in numbers if isinstance(n, int) and not isinstance(n, bool)]
+        if ints and not key.startswith("_"):
+            yield key, ints
+
+
 def largest_size_field(config: Mapping) -> str:
     """The config field holding the largest whole number (``'block_out_channels' = [2048, ...]``),
     which is what usually makes a network big; named when a network is refused for its size."""
     best, best_value = None, 0
-    for key, value in config.items():
-        numbers = value if isinstance(value, (list, tuple)) else [value]
-        ints = [n for n in numbers if isinstance(n, int) and not isinstance(n, bool)]
-        if not key.startswith("_") and ints and max(ints) > best_value:
+    for key, ints in _size_fields(config):
+        if max(ints) > best_value:
             best, best_value = key, max(ints)
     if best is None:
         return "no size field"
@@ -457,10 +464,9 @@ def _fields_holding(config: Mapping, values: set[int]) -> str:
     """`` (field 'block_out_channels' holds 2048)`` for the config fields holding one of
     ``values``; empty when none does."""
     hits = []
-    for key, value in config.items():
-        numbers = value if isinstance(value, (list, tuple)) else [value]
-        held = sorted(n for n in numbers if isinstance(n, int) and not isinstance(n, bool) and n in values)
-        if held and not key.startswith("_"):
+    for key, ints in _size_fields(config):
+        held = sorted(n for n in ints if n in values)
+        if held:
             hits.append(f"field {key!r} holds {held[0]}")
     return f" ({', '.join(hits[:2])})" if hits else ""
 
@@ -487,7 +493,6 @@ def plan_component(cls: Any, folder: Path, *, allow_pickle: bool = False, root: 
         meta = _build(factory, config, config_path, name)
     expected = expected_tensors(meta)
     weights_path = find_weights(folder)
-    check_inside(root, weights_path)
     state = None
     if weights_path.suffix == ".safetensors":
         found = safetensors_header(weights_path, root=root)
