@@ -157,6 +157,7 @@ def test_cli_refuses_every_case_in_one_line_within_2_gb(corpus, digit, tmp_path)
     assert control.code == 0 and math.isfinite(json.loads(control.stdout)[0]["statistic"]), control.stderr
     found = []
     for name, run in zip(names, runs[:-1]):
+        print(f"{name}: exit {run.code}, peak {run.peak_bytes or 0:,} bytes, {run.seconds:.2f} s")  # pytest -s shows it
         found += _judge(name, run.code, run.stderr, CASES[name][1])
         if run.peak_bytes is not None and run.peak_bytes >= PEAK_LIMIT:
             found.append(f"{name}: peak memory {run.peak_bytes / 1e9:.2f} GB")
@@ -189,6 +190,7 @@ def test_sima_score_process_exits_2_with_one_line(corpus, digit, tmp_path, name)
     assert not _judge(name, done.returncode, done.stderr, CASES[name][1]), done.stderr
     assert done.stdout == ""
     text = peak_file.read_text()
+    print(f"{name}: exit {done.returncode}, peak {int(text or 0) * 1024:,} bytes")  # pytest -s shows it
     if text:  # /proc exists
         assert int(text) * 1024 < PEAK_LIMIT
 
