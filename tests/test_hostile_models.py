@@ -312,9 +312,11 @@ def test_small_file_helpers(tmp_path):
     with pytest.raises(ModelError, match=r"link.txt points outside the model folder"):
         loading.check_text_file(tmp_path / "sub" / "link.txt", 100, root=tmp_path / "sub")
     assert loading.check_text_file(tmp_path / "sub" / "link.txt", 100, root=tmp_path) == vocab.resolve()
+    (tmp_path / "model.bin").write_bytes(b"x" * 20)
     with pytest.raises(ModelError, match=r"model.bin: this checkpoint needs 20 bytes of memory, more than the 10 bytes allowed"):
-        (tmp_path / "model.bin").write_bytes(b"x" * 20)
         loading.load_pickle(tmp_path / "model.bin", allow_pickle=True, budget=10)
+    torch.save({"a": torch.ones(3)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)  # cannot be mmapped
+    assert torch.equal(loading.load_pickle(tmp_path / "old.pt", allow_pickle=True)["a"], torch.ones(3))
 
 
 def test_weight_helpers_for_other_loaders(corpus):
