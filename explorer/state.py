@@ -50,6 +50,16 @@ def get_model(spec: str, device: str) -> DiffusionModel:
     return load_model(spec, device=device)
 
 
+@st.cache_data(show_spinner=False, max_entries=32)
+def model_size(spec: str) -> tuple[int, int] | None:
+    """(parameters, bytes) that loading ``spec`` will take, found without allocating it; None
+    for a model without networks. Raises the ModelError that loading would raise."""
+    from core.models.registry import plan_model
+
+    plan = plan_model(spec)
+    return None if plan is None else (plan.parameters, plan.nbytes)
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
 def model_split(spec: str, device: str) -> LabelledSet:
     """The model's own members and held-out images; DataError when its manifest has none."""

@@ -18,6 +18,7 @@ from PIL import Image
 from core import demo_names
 from core.attacks import ATTACK_NAMES, get_attack
 from core.errors import SimaError
+from core.models.loading import human_size
 from explorer import reading, state
 from explorer.choices import (
     DEFAULT_MODEL, DEFAULT_SEED, Choices, default_grid, default_model, devices, parse_grid,
@@ -108,12 +109,19 @@ def _model_spec() -> str:
     return choice
 
 
-def _describe(info) -> str:
+def _size_line(size: tuple[int, int]) -> str:
+    parameters, nbytes = size
+    return f"{parameters:,} parameters, {human_size(nbytes)} in memory"
+
+
+def _describe(info, size: tuple[int, int] | None = None) -> str:
     c, h, w = info.image_shape
     lines = [f"**{info.name}**: {info.kind} model, {h}×{w} pixels, {c} channel{'s' if c > 1 else ''}"]
     if info.kind == "latent":
         lines.append(f"latent space {'×'.join(map(str, info.sample_shape))}")
-    if info.parameters:
+    if size:
+        lines.append(_size_line(size))
+    elif info.parameters:
         lines.append(f"{info.parameters:,} parameters")
     lines.append(f"{info.num_train_timesteps} timesteps, predicts {info.prediction_type}")
     if info.training_set_size:
@@ -136,14 +144,21 @@ def sidebar() -> Choices | None:
             st.session_state["device"] = device_options[0]
         device = st.selectbox("Device", device_options, key="device",
                               help="GPU appears when torch can see one.", disabled=len(device_options) == 1)
+        caption = st.empty()
         try:
+            # Sized from the configs and the weights' headers first, so a model too big for this
+            # machine is refused before it is allocated, and the user sees what loading takes.
+            size = state.model_size(spec)
+            if size:
+                caption.caption(f"Loading {spec}: {_size_line(size)}.")
             with st.spinner(f"Loading {spec}…"):
                 model = state.get_model(spec, device)
         except SimaError as error:
+            caption.empty()
             st.error(str(error))
             return None
         info = model.info()
-        st.caption(_describe(info))
+        caption.caption(_describe(info, size))
         if info.manifest and info.manifest.get("demo"):
             with st.expander("About this model"):
                 st.caption(info.manifest["demo"])

@@ -476,7 +476,8 @@ class CliRun:
 
     ``code`` is None when ``core.cli.main`` raised instead of returning (the traceback is then
     in ``stderr``); ``seconds`` is the wall time of the call (of the whole process for
-    ``score_all``, torch import included).
+    ``score_all``, torch import included). ``peak_bytes`` is the driver process's peak resident
+    memory (VmHWM) after the call, so in ``score_each`` it only grows from call to call.
     """
 
     argv: list[str]
@@ -484,6 +485,7 @@ class CliRun:
     stdout: str
     stderr: str
     seconds: float
+    peak_bytes: int | None = None
 
 
 def write_models(folder: str | os.PathLike) -> dict[int, Path]:
@@ -503,16 +505,41 @@ def score_argv(model: Path, files: list[Path], t: int = 50) -> list[str]:
     return ["score", "--model", str(model), "--t", str(t), "--json", *map(str, files)]
 
 
-def score_each(jobs: list[tuple[Path, Path]], cache_dir: str | os.PathLike, timeout: float = 600) -> list[CliRun]:
-    """``sima score --json FILE`` for each (file, model), every file alone, in one process."""
+def score_each(jobs: list[tuple[Path, Path]], cache_dir: str | os.PathLike, timeout: float = 600,
+               address_limit: int | None = None, env: dict[str, str] | None = None) -> list[CliRun]:
+    """``sima score --json FILE`` for each (file, model), every file alone, in one process.
+
+    ``address_limit`` caps that process's address space (bytes), so that a regression that
+    allocates a huge model fails the test instead of taking the machine's memory; ``env`` adds
+    environment variables.
+    """
     argvs = [score_argv(model, [path]) for path, model in jobs]
     done = subprocess.run(
         [sys.executable, "-m", "tests.hostile"], input=json.dumps(argvs), capture_output=True,
-        text=True, cwd=ROOT, env=cli_env(cache_dir), timeout=timeout,
+        text=True, cwd=ROOT, env={**cli_env(cache_dir), **(env or {})}, timeout=timeout,
+        preexec_fn=None if address_limit is None else lambda: _limit_address_space(address_limit),
     )
     if done.returncode != 0 or not done.stdout.strip():
         raise RuntimeError(f"the sima score driver failed ({done.returncode}): {done.stderr[-3000:]}")
     return [CliRun(**run) for run in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+def _limit_address_space(nbytes: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (nbytes, nbytes))
+
+
+def peak_rss() -> int | None:
+    """This process's peak resident memory in bytes (VmHWM), None where /proc is missing."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def score_all(files: list[Path], model: Path, cache_dir: str | os.PathLike, timeout: float = 600) -> CliRun:
@@ -582,7 +609,7 @@ def _drive(argvs: list[list[str]]) -> list[dict]:
                 code = None
                 traceback.print_exc()
         results.append({"argv": argv, "code": code, "stdout": out.getvalue(), "stderr": err.getvalue(),
-                        "seconds": time.perf_counter() - start})
+                        "seconds": time.perf_counter() - start, "peak_bytes": peak_rss()})
     return results
 
 

@@ -17,6 +17,11 @@ A model folder is treated as hostile until checked. The order is the point:
 5. only then are the weights read (refusing NaN / Inf, :func:`check_finite`) and assigned to
    the network, which is never randomly initialised in real memory (:func:`materialise`).
 
+Weights stored in float64 (or float16 / bfloat16) are converted to the network's float32 rather
+than refused: a float64 file is usually a float32 model saved carelessly, whose values round-trip
+exactly; the budget counts both the file's bytes and the converted copy, and a value beyond
+float32's range becomes Inf and is refused like any other non-finite weight.
+
 Other component loaders (text encoders, tokenizers, LoRA files, papers' checkpoints) are meant
 to reuse these functions rather than write their own.
 """
@@ -371,14 +376,21 @@ def _parameters_on_meta() -> Iterator[None]:
         handle.remove()
 
 
+def _size_fields(config: Mapping) -> Iterator[tuple[str, list[int]]]:
+    """(field, the whole numbers it holds) for each public config field holding some."""
+    for key, value in config.items():
+        numbers = value if isinstance(value, (list, tuple)) else [value]
+        ints = [n for n in numbers if isinstance(n, int) and not isinstance(n, bool)]
+        if ints and not key.startswith("_"):
+            yield key, ints
+
+
 def largest_size_field(config: Mapping) -> str:
     """The config field holding the largest whole number (``'block_out_channels' = [2048, ...]``),
     which is what usually makes a network big; named when a network is refused for its size."""
     best, best_value = None, 0
-    for key, value in config.items():
-        numbers = value if isinstance(value, (list, tuple)) else [value]
-        ints = [n for n in numbers if isinstance(n, int) and not isinstance(n, bool)]
-        if not key.startswith("_") and ints and max(ints) > best_value:
+    for key, ints in _size_fields(config):
+        if max(ints) > best_value:
             best, best_value = key, max(ints)
     if best is None:
         return "no size field"
@@ -452,10 +464,9 @@ def _fields_holding(config: Mapping, values: set[int]) -> str:
     """`` (field 'block_out_channels' holds 2048)`` for the config fields holding one of
     ``values``; empty when none does."""
     hits = []
-    for key, value in config.items():
-        numbers = value if isinstance(value, (list, tuple)) else [value]
-        held = sorted(n for n in numbers if isinstance(n, int) and not isinstance(n, bool) and n in values)
-        if held and not key.startswith("_"):
+    for key, ints in _size_fields(config):
+        held = sorted(n for n in ints if n in values)
+        if held:
             hits.append(f"field {key!r} holds {held[0]}")
     return f" ({', '.join(hits[:2])})" if hits else ""
 
@@ -482,7 +493,6 @@ def plan_component(cls: Any, folder: Path, *, allow_pickle: bool = False, root: 
         meta = _build(factory, config, config_path, name)
     expected = expected_tensors(meta)
     weights_path = find_weights(folder)
-    check_inside(root, weights_path)
     state = None
     if weights_path.suffix == ".safetensors":
         found = safetensors_header(weights_path, root=root)
@@ -562,8 +572,7 @@ class ModelPlan:
     def materialise(self, *, budget: int | None = None) -> dict[str, torch.nn.Module]:
         """Every network loaded, after checking their bytes together against the budget."""
         biggest = max(self.components.values(), key=lambda plan: plan.nbytes)
-        what = (f"this model ({self.parameters:,} parameters; its largest part, the {biggest.name}, has "
-                f"{largest_size_field(biggest.config)})")
+        what = f"this model ({self.parameters:,} parameters; {biggest.name} {largest_size_field(biggest.config)})"
         check_budget(self.nbytes, what, biggest.config_path, budget=budget)
         return {key: materialise(plan) for key, plan in self.components.items()}
 
@@ -587,7 +596,7 @@ def check_scheduler_config(config: dict, path: Path) -> int:
     trained = config.get("trained_betas")
     if trained is not None:
         if not isinstance(trained, list) or len(trained) != steps:
-            found = f"{len(trained):,} values" if isinstance(trained, list) else repr(type(trained).__name__)
+            found = f"{len(trained):,} values" if isinstance(trained, list) else f"a {type(trained).__name__}"
             raise ModelError(f"{path}: field 'trained_betas' has {found}; it needs one beta per timestep ({steps:,}).")
         for i, value in enumerate(trained):
             _probability(value, f"trained_betas[{i}]", path)
