@@ -19,15 +19,19 @@ def _fmt(estimate: dict) -> str:
 
 
 def results_table(results: Sequence) -> str:
-    """A markdown table of audit results (``AuditResult``), one row per attack."""
+    """A markdown table of audit results (``AuditResult``), one row per attack; with a
+    condition column (caption or empty) when the model was conditional."""
+    conditioned = any("condition" in r.extra for r in results)
+    extra_head, extra_rule = ("condition | ", "---|") if conditioned else ("", "")
     rows = [
-        "| attack | chosen t | AUC | ASR | TPR@1%FPR | TPR@0.1%FPR | queries | wall time (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| attack | {extra_head}chosen t | AUC | ASR | TPR@1%FPR | TPR@0.1%FPR | queries | wall time (s) |",
+        f"|---|{extra_rule}---|---|---|---|---|---|---|",
     ]
     for r in results:
         m = r.metrics.to_dict()
+        condition = f"{r.extra.get('condition', '')} | " if conditioned else ""
         rows.append(
-            f"| {r.attack} | {r.chosen_t} | {_fmt(m['auc'])} | {_fmt(m['asr'])} | {_fmt(m['tpr_at_1pct_fpr'])} | "
+            f"| {r.attack} | {condition}{r.chosen_t} | {_fmt(m['auc'])} | {_fmt(m['asr'])} | {_fmt(m['tpr_at_1pct_fpr'])} | "
             f"{_fmt(m['tpr_at_0_1pct_fpr'])} | {r.queries_per_sample} | {r.wall_time_s:.1f} |"
         )
     return "\n".join(rows)

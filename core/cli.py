@@ -44,7 +44,55 @@ def _skipped(problem) -> None:
 def _model(args):
     from core import load_model
 
-    return load_model(args.model, allow_pickle=args.allow_pickle, device=args.device)
+    return load_model(args.model, allow_pickle=args.allow_pickle, device=args.device,
+                      lora=args.lora, lora_scale=args.lora_scale)
+
+
+def conditions(args, model, sources: Sequence[str]) -> list[tuple[str | None, object]]:
+    """(condition mode, captions table or None) for each mode the arguments ask for.
+
+    ``--captions FILE`` reads a CSV / JSONL; ``--captions sidecar`` reads NAME.txt files beside
+    the images in ``sources``; ``--labels FILE`` gives a class-conditional model its labels.
+    ``--condition caption,empty`` asks for both modes (``sima audit`` only). An unconditional
+    model gives [(None, None)].
+    """
+    from core.conditioning import CONDITION_MODES, read_captions, read_labels, sidecar_captions
+
+    kind = getattr(model, "condition_kind", None)
+    given = args.captions or args.labels
+    if args.captions and args.labels:
+        raise SimaError("Give --captions (text-to-image models) or --labels (class-conditional models), not both.")
+    if given and kind is None:
+        raise SimaError(f"{model.name} is an unconditional model: it takes no captions or labels. Drop --captions/--labels.")
+    if args.captions and kind == "label":
+        raise SimaError(f"{model.name} is class-conditional: give its class labels with --labels FILE, not --captions.")
+    if args.labels and kind == "caption":
+        raise SimaError(f"{model.name} is a text-to-image model: give its captions with --captions FILE, not --labels.")
+    modes = [m.strip() for m in args.condition.split(",")] if args.condition else ["caption" if given else "empty"]
+    if any(m not in CONDITION_MODES for m in modes) or len(set(modes)) != len(modes):
+        raise SimaError(f"--condition takes caption, empty or caption,empty; got {args.condition!r}.")
+    if kind is None:
+        if "caption" in modes:
+            raise SimaError(f"{model.name} is an unconditional model: it has no caption to condition on. Drop --condition.")
+        return [(None, None)]
+    if "caption" in modes and not given:
+        flag = "--labels FILE" if kind == "label" else "--captions FILE (or --captions sidecar)"
+        raise SimaError(f"--condition caption needs the captions: add {flag}, or use --condition empty.")
+    table = None
+    if "caption" in modes and args.labels:
+        table = read_labels(args.labels)
+    elif "caption" in modes and args.captions == "sidecar":
+        table = sidecar_captions([s for s in sources if s != "demo"])
+        if not len(table):
+            raise SimaError("--captions sidecar found no NAME.txt caption files beside the images; add them or give a captions file.")
+    elif "caption" in modes:
+        table = read_captions(args.captions)
+    return [(mode, table if mode == "caption" else None) for mode in modes]
+
+
+def set_condition(table, ids: Sequence[str]):
+    """One set's conditioning for run_audit / score_images: captions by image id, or None."""
+    return None if table is None else table.for_ids(list(ids))
 
 
 def _cache(args):
@@ -62,20 +110,26 @@ def cmd_audit(args) -> int:
     attacks = parse_attacks(args.attack)
     timesteps = parse_timesteps(args.timesteps)
     model = _model(args)
+    modes = conditions(args, model, [args.members, args.nonmembers])
+    runs = [(mode, table, attack) for mode, table in modes for attack in attacks
+            if not (len(modes) > 1 and mode == "empty" and attack.needs_condition)]
     results = []
-    for attack in attacks:
-        update, close = _progress(f"{attack.name} sweep", args.quiet)
+    for mode, table, attack in runs:
+        by_ids = None if table is None else table.for_ids
+        update, close = _progress(f"{attack.name} sweep" + (f" ({mode})" if mode else ""), args.quiet)
         try:
             results.append(run_audit(
                 model, stream_set(args.members, model, "members", on_problem=_skipped), stream_set(args.nonmembers, model, "heldout", on_problem=_skipped),
                 attack=attack, timesteps=timesteps, select=args.select, seed=args.seed, batch_size=args.batch_size, n_bootstrap=args.bootstrap, progress=update, cache=_cache(args),
+                member_cond=by_ids, nonmember_cond=by_ids,
             ))
         finally:
             close()
     if args.out:
         out = Path(args.out)
         for r in results:
-            r.save(out if len(results) == 1 else out / r.attack)
+            name = r.attack if len(modes) == 1 else f"{r.attack}-{r.extra['condition']}"
+            r.save(out if len(results) == 1 else out / name)
     if args.card:
         write_card(Path(args.card), results, "sima " + " ".join(args.argv))
     if args.json:
@@ -99,6 +153,10 @@ def cmd_score(args) -> int:
     if args.fdr is not None and not args.reference:
         raise SimaError("--fdr needs --reference: a verdict compares each image with known non-members.")
     model = _model(args)
+    modes = conditions(args, model, [*args.images, *([args.reference] if args.reference else [])])
+    if len(modes) > 1:
+        raise SimaError("sima score takes one --condition (caption or empty); run it once for each.")
+    table = modes[0][1]
     problems: list = []
 
     def skipped(problem) -> None:
@@ -106,15 +164,16 @@ def cmd_score(args) -> int:
         problems.append(problem)
 
     images, ids = load_files(args.images, model, on_problem=skipped)
-    reference = None
+    reference, reference_ids = None, []
     if args.reference:
         # Only 'demo' needs to know which held-out images chose t; files are used as given.
         calibration = (calibrate(model, attack=args.attack, t=args.t, seed=args.seed, cache=_cache(args))
                        if args.reference == "demo" else Calibration(args.attack, args.t, None, "given"))
-        reference = reference_set(args.reference, model, calibration, on_problem=_skipped)[0]
+        reference, reference_ids = reference_set(args.reference, model, calibration, on_problem=_skipped)
     records = score_images(
         model, images, ids, attack=get_attack(args.attack), t=args.t, reference=reference, fpr=args.fpr, fdr=args.fdr,
-        seed=args.seed, batch_size=args.batch_size, cache=_cache(args),
+        seed=args.seed, batch_size=args.batch_size, cache=_cache(args), cond=set_condition(table, ids),
+        reference_cond=set_condition(table, reference_ids) if reference is not None else None,
     )
     if args.json:
         print(json.dumps([r.to_dict() for r in records], indent=2))
@@ -214,6 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("--no-cache", action="store_true", help="recompute everything; neither read nor write the score cache")
         p.add_argument("--cache-dir", help="score cache folder (default $SIMA_CACHE_DIR or ~/.cache/sima-explorer)")
+        p.add_argument("--captions", help="captions per image for a text-to-image model: a CSV (columns file,caption), "
+                       "a JSONL (\"file\", \"caption\"), or 'sidecar' for NAME.txt files beside the images")
+        p.add_argument("--labels", help="class labels per image for a class-conditional model (DiT): CSV file,label or JSONL")
+        p.add_argument("--condition", default=None,
+                       help="caption: condition on each image's caption (or label); empty: on the empty prompt / "
+                       "null class; caption,empty: both, one result each (audit only). Default: caption when "
+                       "--captions/--labels is given, else empty")
+        p.add_argument("--lora", help="LoRA adapter on a Stable Diffusion / SDXL model: a .safetensors file, its folder, or a hub id")
+        p.add_argument("--lora-scale", type=float, default=1.0, help="LoRA adapter weight (default 1.0)")
 
     audit = sub.add_parser("audit", help="score members and non-members, choose t on one half, report on the other")
     common(audit)

@@ -6,6 +6,7 @@ import inspect
 from typing import Iterable
 
 from core.attacks.base import Attack
+from core.attacks.conditional import CLiD, ConditioningGap
 from core.attacks.loss import Loss
 from core.attacks.pfami import PFAMI
 from core.attacks.pia import PIA, PIAN
@@ -13,19 +14,23 @@ from core.attacks.secmi import SecMI
 from core.attacks.sima import SimA, SimAMC
 from core.errors import SimaError
 
-_ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (SimA, SimAMC, PIA, PIAN, SecMI, Loss, PFAMI)
-}
+_GENERAL = (SimA, SimAMC, PIA, PIAN, SecMI, Loss, PFAMI)
+_CONDITIONAL = (ConditioningGap, CLiD)
+_ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in _GENERAL + _CONDITIONAL}
 
-#: Every attack's name, SimA first and the multi-query baselines after it.
-ATTACK_NAMES: tuple[str, ...] = tuple(_ATTACKS)
+#: The attacks that run on any model, SimA first and the multi-query baselines after it.
+ATTACK_NAMES: tuple[str, ...] = tuple(cls.name for cls in _GENERAL)
+#: The text-to-image baselines, which compare a caption (or class label) with weaker
+#: conditions and so need a conditional model and its captions.
+CONDITIONAL_ATTACK_NAMES: tuple[str, ...] = tuple(cls.name for cls in _CONDITIONAL)
+ALL_ATTACK_NAMES: tuple[str, ...] = ATTACK_NAMES + CONDITIONAL_ATTACK_NAMES
 
 
 def get_attack(name: str, **params) -> Attack:
     """A new attack by name (case and surrounding spaces ignored), with hyperparameters ``params``."""
     key = str(name).strip().lower()
     if key not in _ATTACKS:
-        raise SimaError(f"Unknown attack {name!r}; choose one of {', '.join(ATTACK_NAMES)}.")
+        raise SimaError(f"Unknown attack {name!r}; choose one of {', '.join(ALL_ATTACK_NAMES)}.")
     cls = _ATTACKS[key]
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(params) - set(accepted))
@@ -48,5 +53,5 @@ def parse_attacks(spec: str | Attack | Iterable[str | Attack]) -> list[Attack]:
             raise SimaError(f"The attack {attack.name} is listed twice; name each attack once.")
         attacks.append(attack)
     if not attacks:
-        raise SimaError(f"No attack named in {spec!r}; choose from {', '.join(ATTACK_NAMES)}.")
+        raise SimaError(f"No attack named in {spec!r}; choose from {', '.join(ALL_ATTACK_NAMES)}.")
     return attacks

@@ -61,13 +61,16 @@ class ModelInfo:
     training_set_size: int | None = None
     fingerprint: str = ""
     manifest: dict | None = field(default=None, repr=False)
+    #: "caption" (text-to-image) or "label" (class-conditional); None for unconditional models.
+    condition_kind: str | None = None
 
     def describe(self) -> str:
         c, h, w = self.image_shape
         size = f"{self.training_set_size:,} training images" if self.training_set_size else "training set unknown"
         space = "" if self.kind != "latent" else f", latent {tuple(self.sample_shape)}"
+        conditioned = {"caption": "text-to-image ", "label": "class-conditional "}.get(self.condition_kind or "", "")
         return (
-            f"{self.name}: {self.kind} model, {h}x{w}x{c}{space}, {self.parameters:,} parameters, "
+            f"{self.name}: {conditioned}{self.kind} model, {h}x{w}x{c}{space}, {self.parameters:,} parameters, "
             f"{self.num_train_timesteps} timesteps, predicts {self.prediction_type}, {size}"
         )
 
@@ -87,6 +90,8 @@ class DiffusionModel(abc.ABC):
     #: batch's :class:`~core.conditioning.Conditioning`, and they implement ``condition`` and
     #: ``empty_condition``.
     conditional: bool = False
+    #: What a conditional model is conditioned on: "caption" (text-to-image) or "label" (class-conditional).
+    condition_kind: str | None = None
     prediction_type: str = "epsilon"
     alphas_cumprod: torch.Tensor
     image_shape: tuple[int, int, int]
@@ -143,6 +148,7 @@ class DiffusionModel(abc.ABC):
             training_set_size=self.training_set_size(),
             fingerprint=self.fingerprint,
             manifest=self.manifest,
+            condition_kind=self.condition_kind,
         )
 
     def timesteps(self, t: int | torch.Tensor, n: int) -> torch.Tensor:

@@ -1,26 +1,43 @@
 """Latent diffusion models: an autoencoder plus a ``UNet2DModel`` that denoises its latents.
 
-Attacks run in latent space: an image x0 in [-1, 1] becomes z0 = s * E(x0), where E is the
-encoder's posterior MEAN (an ``AutoencoderKL``) or its pre-quantisation output (a
-``VQModel``), never a sample, so scores are deterministic (METHODS section 1). The scaling
-factor s comes from the autoencoder's config (``scaling_factor``) unless overridden, and is
-part of the fingerprint because it changes every score.
+Attacks run in latent space: an image x0 in [-1, 1] becomes z0 = s * (E(x0) - b), where E is
+the encoder's posterior MEAN (an ``AutoencoderKL``) or its pre-quantisation output (a
+``VQModel``), never a sample, so scores are deterministic. The scaling factor s comes from the
+autoencoder's config (``scaling_factor``) unless overridden, the shift b from its
+``shift_factor`` (0 when the config has none, as in Stable Diffusion 1.x, 2.x and SDXL); both
+are part of the fingerprint because they change every score.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
 from core.errors import ModelError
-from core.hashing import fingerprint_tensors
+from core.hashing import fingerprint_tensors, row_digests
 from core.models import loading
 from core.models.base import DiffusionModel
 from core.models.pixel import MAX_CHANNELS, MAX_SAMPLE_SIZE, check_unet_config
 
 AUTOENCODERS = ("AutoencoderKL", "VQModel")
+#: Bytes of latents a model object keeps (4,000 Stable Diffusion latents of 512 px images).
+LATENT_CACHE_BYTES = 256 * 2**20
+
+
+def read_vae_config(folder: Path, kinds: tuple[str, ...]) -> dict:
+    """``folder/vae/config.json``, checked: an autoencoder of one of ``kinds``, of bounded size."""
+    path = folder / "vae" / "config.json"
+    config = loading.read_json(path, root=folder)
+    kind = config.get("_class_name", "AutoencoderKL")
+    if kind not in kinds:
+        raise ModelError(f"{path}: field '_class_name' is {kind!r}; supported autoencoders: {', '.join(kinds)}.")
+    for name, most in (("in_channels", MAX_CHANNELS), ("sample_size", MAX_SAMPLE_SIZE)):
+        if name in config:  # else diffusers' defaults, which are small
+            loading.require_int(config, name, path, maximum=most)
+    return config
 
 
 def _size(value) -> int:
@@ -69,6 +86,7 @@ class LatentModel(DiffusionModel):
         self.vae = vae.eval().requires_grad_(False).to(device)
         self.unet = unet.eval().requires_grad_(False).to(device)
         self.scaling_factor = _scaling(scaling_factor, vae.config)
+        self.shift_factor = _shift(vae.config)
         self.alphas_cumprod = alphas_cumprod.to(torch.float64).cpu()
         self.prediction_type = prediction_type
         self.name = name
@@ -77,6 +95,7 @@ class LatentModel(DiffusionModel):
         self.image_shape = (int(vae.config.in_channels), _size(vae.config.sample_size), _size(vae.config.sample_size))
         self.sample_shape = (int(unet.config.in_channels), _size(unet.config.sample_size), _size(unet.config.sample_size))
         self._fingerprint: str | None = None
+        self._latents: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     @classmethod
     def plan(cls, folder: str | Path, *, allow_pickle: bool = False) -> loading.ModelPlan:
@@ -89,15 +108,8 @@ class LatentModel(DiffusionModel):
         if unet_dir is None:
             raise ModelError(f"{folder} has vae/ but no unet/config.json; a latent model needs both.")
         vae_path, unet_path = vae_dir / "config.json", unet_dir / "config.json"
-        vae_config = loading.read_json(vae_path, root=folder)
+        vae_config = read_vae_config(folder, AUTOENCODERS)
         kind = vae_config.get("_class_name", "AutoencoderKL")
-        if kind not in AUTOENCODERS:
-            raise ModelError(
-                f"{vae_path}: field '_class_name' is {kind!r}; supported autoencoders: {', '.join(AUTOENCODERS)}."
-            )
-        for name, most in (("in_channels", MAX_CHANNELS), ("sample_size", MAX_SAMPLE_SIZE)):
-            if name in vae_config:  # else diffusers' defaults, which are small
-                loading.require_int(vae_config, name, vae_path, maximum=most)
         unet_config = loading.read_json(unet_path, root=folder)
         check_unet_config(unet_config, unet_path)
         check_latent_configs(vae_config, unet_config, str(vae_path), str(unet_path))
@@ -125,21 +137,42 @@ class LatentModel(DiffusionModel):
         return self.unet(x, t).sample
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] images (N, C, H, W) to scaled latents s * E(x): deterministic, no sampling."""
+        """[-1, 1] images (N, C, H, W) to scaled latents s * (E(x) - b): deterministic, no sampling.
+
+        Each image is encoded once per model object: its latent is kept by the image's content
+        (least recently used first out, within ``LATENT_CACHE_BYTES``), since the encoder of a
+        large autoencoder can cost more than the denoiser queries an attack makes.
+        """
         if images.dim() != 4 or tuple(images.shape[1:]) != tuple(self.image_shape):
             raise ModelError(
                 f"{self.name} encodes images of shape (N, {', '.join(map(str, self.image_shape))}), got "
                 f"{tuple(images.shape)}. Load images with core.data, which converts them to the model's size."
             )
+        keys = row_digests(images)
+        missing = list(dict.fromkeys(k for k in keys if k not in self._latents))
+        if missing:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            fresh = self._encode(images[[first[k] for k in missing]])
+            for key, z in zip(missing, fresh):
+                self._latents[key] = z.cpu()
+        for key in keys:
+            self._latents.move_to_end(key)
+        out = torch.stack([self._latents[k] for k in keys])
+        per_latent = out[0].numel() * out.element_size()
+        while len(self._latents) > max(len(missing), LATENT_CACHE_BYTES // per_latent):
+            self._latents.popitem(last=False)
+        return out.to(images.device)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             out = self.vae.encode(images.to(self.device))
             z = out.latent_dist.mean if hasattr(out, "latent_dist") else out.latents
-            return (self.scaling_factor * z).to(images.device)
+            return (self.scaling_factor * (z - self.shift_factor)).to(images.device)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled latents back to [-1, 1] images: the autoencoder's decoder applied to z / s."""
+        """Scaled latents back to [-1, 1] images: the autoencoder's decoder applied to z / s + b."""
         with torch.inference_mode():
-            return self.vae.decode(z.to(self.device) / self.scaling_factor).sample.to(z.device)
+            return self.vae.decode(z.to(self.device) / self.scaling_factor + self.shift_factor).sample.to(z.device)
 
     @property
     def fingerprint(self) -> str:
@@ -153,6 +186,18 @@ class LatentModel(DiffusionModel):
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.vae.parameters()) + sum(p.numel() for p in self.unet.parameters())
+
+
+def _shift(config) -> float:
+    value = config.get("shift_factor", None)
+    value = 0.0 if value is None else value
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise ModelError(f"The autoencoder config's 'shift_factor' is {config.get('shift_factor')!r}; it must be a number.")
+    return value
 
 
 def _scaling(override: float | None, config) -> float:

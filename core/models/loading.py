@@ -257,8 +257,9 @@ def check_finite(name: str, tensor: torch.Tensor, path: str | os.PathLike) -> to
 
 
 def read_safetensors(path: str | os.PathLike, *, dtypes: Mapping[str, torch.dtype] | None = None,
-                     root: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors file, one at a time, each checked to be finite.
+                     root: str | os.PathLike | None = None, only: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file (or those named in ``only``), one at a time, each
+    checked to be finite.
 
     ``dtypes`` maps names to the dtype the caller keeps (float64 or float16 weights become the
     model's float32, say); a value out of the target's range becomes Inf and is refused.
@@ -269,6 +270,8 @@ def read_safetensors(path: str | os.PathLike, *, dtypes: Mapping[str, torch.dtyp
     try:
         with safe_open(str(path), framework="pt") as handle:
             for name in header:
+                if only is not None and name not in only:
+                    continue
                 tensor = handle.get_tensor(name)
                 if dtypes and name in dtypes and tensor.dtype != dtypes[name]:
                     tensor = tensor.to(dtypes[name])
@@ -427,6 +430,26 @@ class ComponentPlan:
     nbytes: int  # what loading takes: the file's tensors, plus conversions and extra buffers
     meta: torch.nn.Module = field(repr=False)
     state: dict | None = field(default=None, repr=False)  # already read (pickle files only)
+    #: file tensor name -> network tensor name, when they differ (see :func:`plan_component`'s ``rename``)
+    names: dict[str, str] | None = field(default=None, repr=False)
+
+
+#: ``rename(file_names, meta_network) -> {file name: network name}``: how a component loader maps
+#: the tensor names of checkpoints saved by older library versions to today's network; names
+#: left out are not loaded.
+Rename = Callable[[list[str], torch.nn.Module], dict[str, str]]
+
+
+def _renamed(values: Mapping[str, Any], names: Mapping[str, str] | None) -> dict[str, Any]:
+    return dict(values) if names is None else {names[k]: v for k, v in values.items() if k in names}
+
+
+def _stored_computed_buffers(meta: torch.nn.Module, found: Mapping[str, Any]) -> set[str]:
+    """Names in a file that are buffers the network computes itself (non-persistent, such as a
+    text encoder's position ids, which older library versions saved): not weights, not loaded."""
+    computed = {f"{prefix}.{name}" if prefix else name
+                for prefix, sub in meta.named_modules() for name in sub._non_persistent_buffers_set}
+    return computed & set(found)
 
 
 def expected_tensors(module: torch.nn.Module) -> dict[str, TensorInfo]:
@@ -473,14 +496,15 @@ def _fields_holding(config: Mapping, values: set[int]) -> str:
 
 def plan_component(cls: Any, folder: Path, *, allow_pickle: bool = False, root: str | os.PathLike | None = None,
                    factory: Callable[[dict], torch.nn.Module] | None = None,
-                   config: dict | None = None) -> ComponentPlan:
+                   config: dict | None = None, rename: Rename | None = None) -> ComponentPlan:
     """Read ``folder/config.json``, build the network on the meta device (nothing allocated),
     and compare each tensor with the weights file's header. Nothing big is read or allocated.
 
     ``factory(config) -> module`` builds the network (default ``cls.from_config``; for a
     transformers model, e.g. ``lambda c: CLIPTextModel(CLIPTextConfig(**c))``). ``root`` is
     the model folder every file must stay inside (default ``folder``). ``config`` skips
-    reading the config when the caller already has it.
+    reading the config when the caller already has it. ``rename`` maps the file's tensor names
+    to the network's where a library renamed layers between versions (:data:`Rename`).
     """
     folder = Path(folder)
     root = folder if root is None else root
@@ -499,13 +523,19 @@ def plan_component(cls: Any, folder: Path, *, allow_pickle: bool = False, root: 
     else:
         state = _pickle_state(weights_path, allow_pickle, root)
         found = {k: TensorInfo(v.dtype, tuple(v.shape)) for k, v in state.items()}
+    names = rename(list(found), meta) if rename is not None else {k: k for k in found}
+    computed = _stored_computed_buffers(meta, set(names.values()))
+    names = {k: v for k, v in names.items() if v not in computed}
+    if names == {k: k for k in found}:
+        names = None
+    found, state = _renamed(found, names), None if state is None else _renamed(state, names)
     check_shapes(expected, found, weights_path, config_path, config=config)
     nbytes = sum(info.nbytes for info in found.values())
     nbytes += sum(want.nbytes for key, want in expected.items() if found[key].dtype != want.dtype)
     persistent = set(expected)
     nbytes += sum(b.numel() * b.element_size() for key, b in meta.named_buffers() if key not in persistent)
     parameters = sum(p.numel() for p in meta.parameters())
-    return ComponentPlan(name, folder, config_path, config, weights_path, factory, parameters, nbytes, meta, state)
+    return ComponentPlan(name, folder, config_path, config, weights_path, factory, parameters, nbytes, meta, state, names)
 
 
 def materialise(plan: ComponentPlan) -> torch.nn.Module:
@@ -519,7 +549,10 @@ def materialise(plan: ComponentPlan) -> torch.nn.Module:
     """
     expected = expected_tensors(plan.meta)
     dtypes = {name: info.dtype for name, info in expected.items()}
-    if plan.state is None:
+    if plan.state is None and plan.names is not None:
+        wanted = {old: dtypes[new] for old, new in plan.names.items()}
+        state = _renamed(read_safetensors(plan.weights_path, dtypes=wanted, only=set(wanted)), plan.names)
+    elif plan.state is None:
         state = read_safetensors(plan.weights_path, dtypes=dtypes)
     else:
         state = {k: check_finite(k, v.to(dtypes[k]), plan.weights_path) for k, v in plan.state.items()}
@@ -539,10 +572,11 @@ def materialise(plan: ComponentPlan) -> torch.nn.Module:
 
 
 def build_component(cls: Any, folder: Path, *, allow_pickle: bool = False, root: str | os.PathLike | None = None,
-                    factory: Callable[[dict], torch.nn.Module] | None = None, budget: int | None = None) -> tuple[Any, dict]:
+                    factory: Callable[[dict], torch.nn.Module] | None = None, budget: int | None = None,
+                    rename: Rename | None = None) -> tuple[Any, dict]:
     """A network from ``folder/config.json`` and its weights: planned on the meta device,
     checked against the weights file and the memory budget, then loaded (see the module doc)."""
-    plan = plan_component(cls, folder, allow_pickle=allow_pickle, root=root, factory=factory)
+    plan = plan_component(cls, folder, allow_pickle=allow_pickle, root=root, factory=factory, rename=rename)
     check_budget(plan.nbytes, f"a {plan.name} of {plan.parameters:,} parameters ({largest_size_field(plan.config)})",
                  plan.config_path, budget=budget)
     return materialise(plan), plan.config

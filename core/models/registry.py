@@ -52,14 +52,21 @@ def resolve(spec: str | Path) -> tuple[Path, dict]:
     raise ModelError(f"{text!r} is not a bundled demo ({demos}), an existing folder, or a hub id like 'owner/name'.")
 
 
-def load_model(spec: str | Path | DiffusionModel, *, device: str = "cpu", allow_pickle: bool = False, **kwargs) -> DiffusionModel:
+def load_model(spec: str | Path | DiffusionModel, *, device: str = "cpu", allow_pickle: bool = False,
+               lora: str | Path | None = None, lora_scale: float = 1.0, **kwargs) -> DiffusionModel:
     """A DiffusionModel from a bundled demo name, a local diffusers folder, or a hub id.
 
     Pickle-based weights load only with ``allow_pickle=True``; remote code never runs; nothing
     is allocated before the folder has been checked (see core.models.loading).
-    Extra keyword arguments go to the adapter (e.g. ``scaling_factor`` for latent models).
+    ``lora`` (a .safetensors file, a folder holding one, or a hub id) adds a LoRA adapter at
+    ``lora_scale`` to a Stable Diffusion / SDXL model. Extra keyword arguments go to the
+    adapter (e.g. ``scaling_factor`` for latent models).
     """
+    if lora is not None and str(lora).strip():
+        kwargs.update(lora=lora, lora_scale=lora_scale)
     if isinstance(spec, DiffusionModel):
+        if "lora" in kwargs:
+            raise ModelError("A LoRA is applied while loading: pass the model's folder or hub id, not a loaded model.")
         return spec
     folder, extra = resolve(spec)
     return load_folder(folder, device=device, allow_pickle=allow_pickle, **{**extra, **kwargs})
@@ -85,12 +92,44 @@ def load_folder(folder: Path, *, device: str = "cpu", allow_pickle: bool = False
 
         members, _ = split_images(manifest, "members")
         return EmpiricalDenoiser(members, name=kwargs["name"], manifest=manifest)
+    family = model_family(folder)
+    if family != "text-to-image" and "lora" in kwargs:
+        raise ModelError(f"{folder} is not a Stable Diffusion or SDXL pipeline; a LoRA adapter applies only to those.")
     return _adapter(folder).from_folder(folder, allow_pickle=allow_pickle, manifest=manifest, device=device, **kwargs)
 
 
+#: Pipelines named in model_index.json that resolve to our conditional adapters. The name only
+#: chooses among our own adapters: no class is ever imported by the name a file gives.
+TEXT_TO_IMAGE_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+CLASS_CONDITIONAL_PIPELINES = ("DiTPipeline",)
+
+
+def model_family(folder: Path) -> str:
+    """"text-to-image", "class-conditional", "latent" or "pixel", from model_index.json's
+    _class_name and the components the folder holds."""
+    index = folder / "model_index.json"
+    name = loading.read_json(index, root=folder).get("_class_name") if index.is_file() else None
+    unet_config = folder / "unet" / "config.json"
+    unet_class = loading.read_json(unet_config, root=folder).get("_class_name") if unet_config.is_file() else None
+    if name in TEXT_TO_IMAGE_PIPELINES or unet_class == "UNet2DConditionModel" or (folder / "text_encoder").is_dir():
+        return "text-to-image"
+    if name in CLASS_CONDITIONAL_PIPELINES or (folder / "transformer").is_dir():
+        return "class-conditional"
+    return "latent" if (folder / "vae").is_dir() else "pixel"
+
+
 def _adapter(folder: Path):
-    """The adapter class for a diffusers folder: latent when it has a vae/, else pixel."""
-    if (folder / "vae").is_dir():
+    """The adapter class for a diffusers folder, by its family (see :func:`model_family`)."""
+    family = model_family(folder)
+    if family == "text-to-image":
+        from core.models.conditional import TextToImageModel
+
+        return TextToImageModel
+    if family == "class-conditional":
+        from core.models.transformer import ClassConditionalModel
+
+        return ClassConditionalModel
+    if family == "latent":
         from core.models.latent import LatentModel
 
         return LatentModel
@@ -99,12 +138,24 @@ def _adapter(folder: Path):
     return PixelModel
 
 
-def _download(repo_id: str) -> Path:
+#: What a hub model needs: the configs, weights and tokenizer files of the components we load;
+#: not the single-file checkpoints, half-precision variants or safety checkers many repos also
+#: hold (gigabytes). Patterns match across "/", so components are named one by one.
+_COMPONENTS = ("unet", "vae", "scheduler", "transformer", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+MODEL_FILES = (
+    "model_index.json", "manifest.json", "config.json", "scheduler_config.json", "diffusion_pytorch_model.safetensors",
+    *(f"{c}/{name}" for c in _COMPONENTS for name in (
+        "config.json", "scheduler_config.json", "diffusion_pytorch_model.safetensors", "model.safetensors",
+        "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")),
+)
+
+
+def _download(repo_id: str, patterns: tuple[str, ...] = MODEL_FILES) -> Path:
     """Fetch only configs and safetensors of a hub repo; a clear message when offline."""
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors"]))
+        return Path(snapshot_download(repo_id, allow_patterns=list(patterns)))
     except Exception as exc:  # offline mode, no network, unknown repo, gated repo...
         reason = type(exc).__name__
         raise ModelError(
