@@ -457,7 +457,7 @@ def test_one_audit_reports_caption_and_empty_conditions_in_the_card(folders, ima
 @pytest.mark.parametrize("damage, message", [
     (lambda f: (f / "tokenizer" / "vocab.json").write_text("[1, 2]"), "non-negative whole numbers"),
     (lambda f: (f / "tokenizer" / "merges.txt").write_text("#version: 0.2\na b c\n"), "line 2"),
-    (lambda f: (f / "tokenizer" / "vocab.json").unlink(), "vocab.json and merges.txt"),
+    (lambda f: (f / "tokenizer" / "vocab.json").unlink(), "Missing .*vocab.json"),
     (lambda f: (f / "model_index.json").write_text(json.dumps(
         {**json.loads((f / "model_index.json").read_text()), "text_encoder": ["evil", "RemoteCodeModel"]})), "not supported"),
     (lambda f: (f / "text_encoder" / "model.safetensors").write_bytes(b"not safetensors"), "safetensors"),
@@ -469,4 +469,17 @@ def test_a_broken_pipeline_folder_is_refused_with_one_line(folders, tmp_path, da
     damage(copy)
     with pytest.raises(ModelError, match=message) as error:
         load_model(copy)
+    assert "\n" not in str(error.value)
+
+
+def test_a_pipeline_is_sized_before_loading_and_refused_over_the_memory_budget(folders, monkeypatch):
+    from core.models.loading import BUDGET_ENV
+    from core.models.registry import plan_model
+
+    plan = plan_model(folders["sdxl"])
+    assert set(plan.components) == {"vae", "unet", "text_encoder", "text_encoder_2"}
+    assert plan.parameters == load_model(folders["sdxl"]).parameter_count()
+    monkeypatch.setenv(BUDGET_ENV, str(plan.nbytes // 2))
+    with pytest.raises(ModelError, match="memory|budget") as error:
+        load_model(folders["sdxl"])
     assert "\n" not in str(error.value)

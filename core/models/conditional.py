@@ -55,10 +55,10 @@ def _transformers_factory(cls: type):
 def clip_names(names: list[str], meta: torch.nn.Module) -> dict[str, str]:
     """transformers 5 dropped the ``text_model.`` level of CLIPTextModel's tensor names that
     checkpoints saved by transformers 4 (every Stable Diffusion on the hub) carry."""
-    expected = set(meta.state_dict())
     prefix = "text_model."
-    return {n: n[len(prefix):] if n not in expected and n.startswith(prefix) and n[len(prefix):] in expected else n
-            for n in names}
+    if any(k.startswith(prefix) for k in meta.state_dict()):
+        return {n: n for n in names}
+    return {n: n.removeprefix(prefix) for n in names}
 
 
 def legacy_attention_names(names: list[str], meta: torch.nn.Module) -> dict[str, str]:
