@@ -198,6 +198,9 @@ def cmd_collection(args) -> int:
     from core.sets import load_files, reference_set
 
     model = _model(args)
+    if any(mode == "caption" for mode, _ in conditions(args, model, args.images)):
+        raise SimaError("sima collection scores a conditional model with the empty prompt only; drop --captions/--labels "
+                        "(or give --condition empty).")
     update, close = _progress("calibration audit", args.quiet)
     try:
         calibration = calibrate(model, attack=args.attack, t=args.t, seed=args.seed, batch_size=args.batch_size,

@@ -483,3 +483,9 @@ def test_a_pipeline_is_sized_before_loading_and_refused_over_the_memory_budget(f
     with pytest.raises(ModelError, match="memory|budget") as error:
         load_model(folders["sdxl"])
     assert "\n" not in str(error.value)
+
+
+def test_the_collection_test_refuses_captions_rather_than_ignoring_them(folders, images, capsys):
+    folder, table = images
+    assert "empty prompt only" in _fail(capsys, "collection", "--model", str(folders["sd1"]), "--captions", str(table),
+                                        "--images", str(folder / "a.png"), "--reference", str(folder / "b.png"))

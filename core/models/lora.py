@@ -84,6 +84,7 @@ def load_lora(spec: str | Path, unet: torch.nn.Module, text_encoders: Sequence[t
     if not torch.isfinite(torch.tensor(scale)):
         raise ModelError(f"The LoRA scale must be a finite number, got {scale}.")
     path = lora_file(spec)
+    loading.check_budget(path.stat().st_size, "this LoRA adapter", path)
     raw = loading.read_safetensors(path)
     mixin = StableDiffusionXLLoraLoaderMixin if xl else StableDiffusionLoraLoaderMixin
     try:
