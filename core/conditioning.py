@@ -148,15 +148,6 @@ def repeat(cond: Conditioning | None, k: int) -> Conditioning | None:
     return None if cond is None or k == 1 else cond.repeat_interleave(k)
 
 
-def cat(parts: Sequence[Conditioning | None]) -> Conditioning | None:
-    """Join conditionings in order; None when the samples are unconditioned."""
-    if all(p is None for p in parts):
-        return None
-    if any(p is None for p in parts):
-        raise DataError("Some samples have conditioning and others none; give it for all or for none.")
-    return Conditioning.cat(parts)  # type: ignore[arg-type]
-
-
 # --- captions and labels per image ------------------------------------------------------
 
 
@@ -214,11 +205,6 @@ class CaptionTable:
                 )
             out.append(text)
         return out
-
-    def merged(self, other: "CaptionTable") -> "CaptionTable":
-        """Entries of both tables; ``other`` wins where both name the same file."""
-        return CaptionTable({**self.entries, **other.entries}, f"{self.source} and {other.source}", what=self.what)
-
 
 def _name_and_bytes(source: Any) -> tuple[str, bytes]:
     """(name, content) of a path, a (name, bytes) pair or an uploaded file, size-checked."""
@@ -370,17 +356,3 @@ def _zip_sidecars(name: str, data: bytes) -> Iterable[tuple[str, str, bytes]]:
                 raise DataError(f"{name}:{info.filename} could not be read ({exc}).") from None
             yield f"{name}:{info.filename}", f"{name}:{member.with_suffix('')}", content
 
-
-def captions_for(
-    ids: Sequence[str],
-    *,
-    table: CaptionTable | None,
-    mode: str = "caption",
-) -> list[str] | None:
-    """Captions of images ``ids`` for a condition ``mode``: None (the empty condition) for
-    "empty" or when there is no table; else every image's caption, or one clear error."""
-    if mode not in CONDITION_MODES:
-        raise DataError(f"--condition must be one of {', '.join(CONDITION_MODES)}, got {mode!r}.")
-    if mode == "empty" or table is None:
-        return None
-    return table.for_ids(ids)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.conditioning import (
-    EMPTY_KEY, Conditioning, caption_key, captions_for, read_captions, read_labels, sidecar_captions,
+    EMPTY_KEY, Conditioning, caption_key, read_captions, read_labels, sidecar_captions,
 )
 from core.errors import DataError
 
@@ -59,15 +59,6 @@ def test_sidecar_captions_come_from_uploads_zips_and_folders(tmp_path):
     assert sidecar_captions(tmp_path).for_ids(["c.png"]) == ["a bird"]
     with pytest.raises(DataError, match="No caption for image 'd.png'"):
         sidecar_captions(tmp_path).for_ids(["c.png", "d.png"])
-
-
-def test_condition_modes():
-    table = read_captions(("caps.csv", b"file,caption\na.png,x\n"))
-    assert captions_for(["a.png"], table=table) == ["x"]
-    assert captions_for(["a.png"], table=table, mode="empty") is None
-    assert captions_for(["a.png"], table=None) is None
-    with pytest.raises(DataError, match="--condition"):
-        captions_for(["a.png"], table=table, mode="both")
 
 
 def test_conditioning_indexes_repeats_and_joins_rows_together():
