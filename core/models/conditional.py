@@ -43,7 +43,8 @@ MAX_TOKENIZER_BYTES = 16 * 1024 * 1024
 #: Bytes of prompt embeddings a model object keeps (least recently used captions go first):
 #: 2,000 SD 1.5 captions, 800 SDXL ones.
 EMBEDDING_CACHE_BYTES = 512 * 2**20
-LORA_ADAPTER = "audited_lora"
+#: Distinct captions embedded together in one text-encoder call.
+TEXT_BATCH = 64
 
 
 def _transformers_factory(cls: type):
@@ -305,9 +306,10 @@ class TextToImageModel(LatentModel):
     def _cached(self, keys: list[str], make) -> dict[str, torch.Tensor]:
         """Stack per-key tensors, computing the missing distinct keys in one batch with ``make``."""
         missing = list(dict.fromkeys(k for k in keys if k not in self._embeddings))
-        if missing:
-            fresh = make(missing)
-            for j, key in enumerate(missing):
+        for start in range(0, len(missing), TEXT_BATCH):  # a bounded batch through the text encoders
+            part = missing[start:start + TEXT_BATCH]
+            fresh = make(part)
+            for j, key in enumerate(part):
                 self._embeddings[key] = {name: v[j:j + 1] for name, v in fresh.items()}
         for key in keys:
             self._embeddings.move_to_end(key)
