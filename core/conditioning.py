@@ -169,9 +169,10 @@ class CaptionTable:
     """Captions (or labels) by image name, matched to image ids by file name with or without
     its folder and extension. ``source`` names where they came from, for messages."""
 
-    def __init__(self, entries: Mapping[str, str], source: str, *, what: str = "caption"):
+    def __init__(self, entries: Mapping[str, str], source: str, *, what: str = "caption", fix: str = "add a row for it"):
         self.source = source
         self.what = what
+        self.fix = fix
         self.entries = dict(entries)
         # Short forms that two entries share with different texts map to None: only the
         # entry's exact name can choose between them.
@@ -200,7 +201,7 @@ class CaptionTable:
             text = self.lookup(image_id)
             if text is None:
                 raise DataError(
-                    f"No {self.what} for image {image_id!r} in {self.source}; add a row for it, "
+                    f"No {self.what} for image {image_id!r} in {self.source}; {self.fix}, "
                     f"or use --condition empty to score every image with the empty prompt."
                 )
             out.append(text)
@@ -307,7 +308,7 @@ def sidecar_captions(sources: Any) -> CaptionTable:
     for source in items:
         for caption_name, image_stem, data in _sidecars(source):
             entries[image_stem] = _checked(caption_name, "the whole file", _text(caption_name, data).strip(), "caption")
-    return CaptionTable(entries, "the sidecar .txt files")
+    return CaptionTable(entries, "the sidecar .txt files", fix="put its caption in a .txt file of the same name beside it")
 
 
 def _is_pair(source: Any) -> bool:
