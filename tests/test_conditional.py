@@ -489,3 +489,14 @@ def test_the_collection_test_refuses_captions_rather_than_ignoring_them(folders,
     folder, table = images
     assert "empty prompt only" in _fail(capsys, "collection", "--model", str(folders["sd1"]), "--captions", str(table),
                                         "--images", str(folder / "a.png"), "--reference", str(folder / "b.png"))
+
+
+def test_a_model_slower_than_the_pass_limit_is_calibrated_at_batch_one(folders, monkeypatch):
+    """A Stable Diffusion UNet on a CPU takes ~30 s a sample: calibration must not time batches of 8."""
+    from core import batching
+
+    model = load_model(folders["sd1"])
+    monkeypatch.setattr(batching, "MAX_PASS_SECONDS", 0.0)
+    assert set(batching.measure(model)) == {1}
+    monkeypatch.setattr(batching, "MAX_PASS_SECONDS", 60.0)
+    assert set(batching.measure(model, candidates=(2, 4), repeats=1)) == {2, 4}
