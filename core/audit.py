@@ -303,8 +303,6 @@ def image_statistics(
     ``cond`` conditions a conditional model per image: a caption (or class label) per image,
     or a Conditioning; None is the empty condition there.
     """
-    if cond is not None and not isinstance(cond, Conditioning):
-        cond = list(cond)
     return attack.sweep(
         model, encode_batched(model, images), timesteps, seed=seed, keys=row_digests(images),
         batch_size=batch_size, progress=progress, cache=cache, cond=cond,

@@ -500,3 +500,12 @@ def test_a_model_slower_than_the_pass_limit_is_calibrated_at_batch_one(folders, 
     assert set(batching.measure(model)) == {1}
     monkeypatch.setattr(batching, "MAX_PASS_SECONDS", 60.0)
     assert set(batching.measure(model, candidates=(2, 4), repeats=1)) == {2, 4}
+
+
+def test_a_single_string_is_refused_where_one_caption_per_image_is_needed(folders, images):
+    from core.audit import image_statistics
+
+    folder, _ = images
+    model = load_model(folders["sd1"])
+    with pytest.raises(DataError, match="not a single string"):
+        image_statistics(model, _pixels(folder, ["a.png", "b.png"]), SimA(), [10], cond="ab", batch_size=8)
