@@ -1,4 +1,5 @@
-"""Membership metrics (METHODS section 4) and calibrated single-image verdicts (section 5).
+"""Membership metrics (METHODS section 4), calibrated single-image verdicts (section 5) and
+paired comparisons of two attacks on the same samples (section 9).
 
 Conventions used throughout:
 
@@ -532,3 +533,173 @@ def verdict(score: float, reference_scores: Any, alpha: float) -> Verdict:
             f"alpha = {alpha:g}), which does not prove the image was not used in training, and {relative}."
         )
     return Verdict(score, p, alpha, likely, n, achievable, sentence)
+
+
+# --------------------------------------------------------------------------- comparing two attacks
+
+
+@dataclass(frozen=True)
+class Difference:
+    """A paired difference (A minus B) of one metric, with a percentile bootstrap CI and a
+    two-sided bootstrap p-value; value and the rest are None when not measurable."""
+
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+    measurable: bool = True
+    reason: str | None = None
+
+    @property
+    def distinguishable(self) -> bool:
+        """True only when the CI lies entirely on one side of 0."""
+        return self.ci_low is not None and (self.ci_low > 0 or self.ci_high < 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "value": _json_float(self.value), "ci_low": _json_float(self.ci_low), "ci_high": _json_float(self.ci_high),
+            "p_value": _json_float(self.p_value), "measurable": self.measurable, "reason": self.reason,
+        }
+
+    def describe(self) -> str:
+        if not self.measurable or self.value is None:
+            return self.reason or "not measurable"
+        return f"{self.value:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}], p = {self.p_value:.3g}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two attacks' scores on the same samples, compared by a paired, stratified bootstrap."""
+
+    name_a: str
+    name_b: str
+    auc_a: float
+    auc_b: float
+    auc: Difference
+    tpr_at_1pct_fpr: Difference
+    n_members: int
+    n_nonmembers: int
+    n_bootstrap: int
+    seed: int
+    confidence: float
+
+    def order(self, metric: str = "auc") -> str:
+        """'A > B' or 'B > A' when the difference's CI excludes 0, else 'not distinguishable at 95%'."""
+        diff: Difference = getattr(self, metric)
+        if not diff.distinguishable:
+            return f"not distinguishable at {_pct(self.confidence)}"
+        return f"{self.name_a} > {self.name_b}" if diff.value > 0 else f"{self.name_b} > {self.name_a}"
+
+    def sentence(self) -> str:
+        """The comparison in one sentence, led by the AUC verdict."""
+        first = self.order("auc")
+        if not self.auc.distinguishable:
+            first = f"{self.name_a} and {self.name_b} are {first}"
+        tpr = self.tpr_at_1pct_fpr
+        tpr_text = (
+            f"TPR@1%FPR difference {tpr.describe()} ({self.order('tpr_at_1pct_fpr')})" if tpr.measurable
+            else f"TPR@1%FPR difference {tpr.reason}"
+        )
+        return (
+            f"{first} by AUC ({self.name_a} minus {self.name_b}: {self.auc.describe()}); {tpr_text}; paired bootstrap "
+            f"over the same {self.n_members} members and {self.n_nonmembers} non-members ({self.n_bootstrap} resamples)."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "a": self.name_a, "b": self.name_b, "auc_a": _json_float(self.auc_a), "auc_b": _json_float(self.auc_b),
+            "auc_difference": self.auc.to_dict(), "tpr_at_1pct_fpr_difference": self.tpr_at_1pct_fpr.to_dict(),
+            "verdict": self.order("auc"), "n_members": self.n_members, "n_nonmembers": self.n_nonmembers,
+            "n_bootstrap": self.n_bootstrap, "seed": self.seed, "confidence": self.confidence,
+        }
+
+
+def _codes(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """Rank codes for _resample_stats: 0 for the highest distinct value, 1 for the next, ..."""
+    distinct, inverse = np.unique(values, return_inverse=True)
+    return (distinct.size - 1) - inverse.reshape(-1), distinct.size
+
+
+def _paired_resample_stats(
+    a: np.ndarray, b: np.ndarray, y: np.ndarray, member_idx: np.ndarray, nonmember_idx: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per resample, AUC_A - AUC_B and TPR@1%FPR_A - TPR@1%FPR_B, both attacks on the same picks.
+
+    Row r of ``member_idx`` / ``nonmember_idx`` indexes the members / non-members (in their
+    order within ``a``, ``b`` and ``y``) of resample r.
+    """
+    out = []
+    for scores in (a, b):
+        codes, n_values = _codes(scores)
+        aucs, _, (tprs,) = _resample_stats(codes[y], codes[~y], n_values, member_idx, nonmember_idx, (0.01,))
+        out.append((aucs, tprs))
+    (auc_a, tpr_a), (auc_b, tpr_b) = out
+    return auc_a - auc_b, tpr_a - tpr_b
+
+
+def _two_sided_p(diffs: np.ndarray) -> float:
+    """Twice the smaller share of resampled differences on either side of 0 (each counting 0),
+    with one added to both counts so that a finite number of resamples never gives p = 0."""
+    b = diffs.size
+    below, above = np.count_nonzero(diffs <= 0), np.count_nonzero(diffs >= 0)
+    return float(min(1.0, 2.0 * (1 + min(below, above)) / (b + 1)))
+
+
+def compare(
+    scores_a: Any,
+    scores_b: Any,
+    labels: Any,
+    *,
+    names: tuple[str, str] = ("A", "B"),
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Comparison:
+    """Paired, stratified bootstrap of AUC_A - AUC_B and of the TPR@1%FPR difference.
+
+    ``scores_a`` and ``scores_b`` are membership scores of the same samples (position i is the
+    same image under both attacks), with one ``labels`` array. Every resample draws members
+    and non-members separately, with replacement, and applies the same picks to both attacks,
+    so what the two share (the same hard and easy images) cancels in the difference. "A > B"
+    is written only when the CI of the AUC difference excludes 0; otherwise the attacks are
+    "not distinguishable". Same inputs and seed give the same numbers, whatever the order of
+    the samples.
+    """
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 1:
+        raise SimaError(f"A comparison needs at least 1 bootstrap resample, got {n_bootstrap!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SimaError(f"seed must be a whole number, 0 or more, got {seed!r}.")
+    confidence = _check_fraction(confidence, "confidence")
+    if confidence == 1.0:
+        raise SimaError("confidence must be below 1 (e.g. 0.95).")
+    a, y = _validate(scores_a, labels)
+    b, _ = _validate(scores_b, labels)
+    # A canonical order (by class, then both scores) makes the resamples independent of the
+    # input order while keeping each sample's two scores together.
+    order = np.lexsort((b, a, y))
+    a, b, y = a[order], b[order], y[order]
+    n1, n0 = int(y.sum()), int((~y).sum())
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CELLS // (n1 + n0))
+    auc_parts, tpr_parts = [], []
+    for start in range(0, int(n_bootstrap), chunk):
+        r = min(chunk, int(n_bootstrap) - start)
+        member_idx = rng.integers(0, n1, size=(r, n1))
+        nonmember_idx = rng.integers(0, n0, size=(r, n0))
+        d_auc, d_tpr = _paired_resample_stats(a, b, y, member_idx, nonmember_idx)
+        auc_parts.append(d_auc)
+        tpr_parts.append(d_tpr)
+    d_auc, d_tpr = np.concatenate(auc_parts), np.concatenate(tpr_parts)
+
+    auc_a, auc_b = float(roc_auc_score(y, a)), float(roc_auc_score(y, b))
+    auc_diff = Difference(auc_a - auc_b, *_percentile_ci(d_auc, confidence), _two_sided_p(d_auc))
+    reason = _not_measurable_reason(n0, 0.01)
+    if reason is None:
+        tpr_point = tpr_at_fpr(a, y, 0.01).value - tpr_at_fpr(b, y, 0.01).value
+        tpr_diff = Difference(tpr_point, *_percentile_ci(d_tpr, confidence), _two_sided_p(d_tpr))
+    else:
+        tpr_diff = Difference(None, None, None, None, False, reason)
+    return Comparison(
+        name_a=names[0], name_b=names[1], auc_a=auc_a, auc_b=auc_b, auc=auc_diff, tpr_at_1pct_fpr=tpr_diff,
+        n_members=n1, n_nonmembers=n0, n_bootstrap=int(n_bootstrap), seed=int(seed), confidence=confidence,
+    )
