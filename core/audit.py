@@ -20,6 +20,7 @@ import torch
 
 from core import metrics
 from core.attacks.base import Attack
+from core.blind import BlindBaseline, blind_baseline, features as blind_features
 from core.cache import ScoreCache
 from core.conditioning import Conditioning
 from core.errors import DataError, SimaError
@@ -120,6 +121,10 @@ class AuditResult:
     wall_time_s: float
     n_bootstrap: int = metrics.N_BOOTSTRAP
     extra: dict = field(default_factory=dict)
+    #: A model-free classifier on the same split (None for results saved before audits had one).
+    blind_baseline: BlindBaseline | None = None
+    #: False for attacks that ignore t (PFAMI): chosen_t is then only the grid's first value.
+    uses_timestep: bool = True
 
     @property
     def n_members(self) -> int:
@@ -155,11 +160,13 @@ class AuditResult:
             "n_bootstrap": self.n_bootstrap,
             "model_fingerprint": self.model_fingerprint,
             "model_name": self.model_name,
+            "uses_timestep": self.uses_timestep,
             "queries_per_sample": self.queries_per_sample,
             "wall_time_s": round(self.wall_time_s, 3),
             "timesteps": self.timesteps,
             "metrics": self.metrics.to_dict(),
             "per_t": self.per_t,
+            "blind_baseline": None if self.blind_baseline is None else self.blind_baseline.to_dict(),
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -174,16 +181,22 @@ class AuditResult:
             return f"{e['value']:.3f}{ci}"
 
         report = int(self.report_mask().sum())
+        chosen = (
+            f"t chosen on the selection half by {self.selection}: t = {self.chosen_t} (grid {self.timesteps[0]}..{self.timesteps[-1]}, {len(self.timesteps)} steps)"
+            if self.uses_timestep else f"{self.attack} ignores t (it uses its own steps); no t was chosen"
+        )
         lines = [
             f"{self.model_name} | attack {self.attack} | {self.n_members} members, {self.n_nonmembers} non-members",
-            f"t chosen on the selection half by {self.selection}: t = {self.chosen_t} (grid {self.timesteps[0]}..{self.timesteps[-1]}, {len(self.timesteps)} steps)",
+            chosen,
             f"Report half ({report} samples), 95% bootstrap CIs ({self.n_bootstrap} resamples):",
             f"  AUC          {fmt('auc')}",
             f"  ASR          {fmt('asr')}",
             f"  TPR@1%FPR    {fmt('tpr_at_1pct_fpr')}",
             f"  TPR@0.1%FPR  {fmt('tpr_at_0_1pct_fpr')}",
-            f"Queries per sample per timestep: {self.queries_per_sample}; wall time {self.wall_time_s:.1f} s",
+            f"Queries per sample{' at the chosen t' if self.uses_timestep else ''}: {self.queries_per_sample}; wall time {self.wall_time_s:.1f} s",
         ]
+        if self.blind_baseline is not None:
+            lines.append(self.blind_baseline.sentence())
         return "\n".join(lines)
 
     def to_frame(self):
@@ -247,7 +260,36 @@ class AuditResult:
             queries_per_sample=info["queries_per_sample"],
             wall_time_s=info["wall_time_s"],
             extra=info.get("extra", {}),
+            blind_baseline=BlindBaseline.from_dict(info.get("blind_baseline")),
+            uses_timestep=info.get("uses_timestep", _uses_timestep(info["attack"])),
         )
+
+
+def compare_results(a: AuditResult, b: AuditResult, *, n_bootstrap: int | None = None, seed: int | None = None) -> metrics.Comparison:
+    """Paired comparison of two audits of the same samples: each attack's report-half scores at
+    its own chosen t, resampled together (``core.metrics.compare``).
+
+    Both audits must hold the same images in the same order with the same halves (the same
+    sets and seed); anything else is not a paired comparison and is refused.
+    """
+    if a.ids != b.ids or not np.array_equal(a.labels, b.labels) or not np.array_equal(a.selection_half, b.selection_half):
+        raise DataError(
+            f"{a.attack} and {b.attack} were not audited on the same samples and halves, so they cannot be compared "
+            "pairwise; audit both on the same members, non-members and seed."
+        )
+    report = a.report_mask()
+    return metrics.compare(
+        scores_a=a.membership_scores()[report], scores_b=b.membership_scores()[report], labels=a.labels[report],
+        names=(a.attack, b.attack), n_bootstrap=a.n_bootstrap if n_bootstrap is None else n_bootstrap,
+        seed=a.seed if seed is None else seed,
+    )
+
+
+def _uses_timestep(attack: str) -> bool:
+    """Whether a registered attack reads t (for results saved before they said so)."""
+    from core.attacks import ATTACK_NAMES, get_attack
+
+    return get_attack(attack).uses_timestep if attack in ATTACK_NAMES else True
 
 
 def _assemble(*, statistics, labels, selection_half, timesteps, member_when, select, seed, n_bootstrap, **rest) -> AuditResult:
@@ -383,6 +425,7 @@ def run_audit(
     streamed = not all(isinstance(s, torch.Tensor) for s in (members, nonmembers))
     start = time.perf_counter()
     parts: list[torch.Tensor] = []
+    feature_parts: list[np.ndarray] = []  # the blind baseline's, small, so a stream keeps no images
     ids: list[str] = []
     counts = []
     done_pairs = 0
@@ -404,6 +447,7 @@ def run_audit(
                 model, batch, attack, timesteps, seed=seed, batch_size=batch_size, progress=chunk_progress, cache=cache,
                 cond=_chunk_condition(set_cond, count, batch_ids),
             ))
+            feature_parts.append(blind_features(batch))
             ids += batch_ids
             count += len(batch_ids)
             done_pairs += len(batch_ids) * len(timesteps)
@@ -412,7 +456,8 @@ def run_audit(
     n_m, n_n = counts
     selection_half = split_halves(n_m, n_n, seed)
     labels = np.concatenate([np.ones(n_m, dtype=np.int64), np.zeros(n_n, dtype=np.int64)])
-    return _assemble(
+    baseline = blind_baseline(np.concatenate(feature_parts), labels, selection_half, n_bootstrap=n_bootstrap, seed=seed)
+    result = _assemble(
         statistics=torch.cat(parts).numpy() if parts else np.empty((0, len(timesteps))),
         labels=labels,
         selection_half=selection_half,
@@ -429,7 +474,12 @@ def run_audit(
         queries_per_sample=max(attack.queries_per_sample(t) for t in timesteps),
         wall_time_s=wall,
         extra=_condition_note(model, member_cond, nonmember_cond),
+        blind_baseline=baseline,
+        uses_timestep=attack.uses_timestep,
     )
+    # The cost of the attack as reported: at the t it chose (SecMI's grows with t).
+    result.queries_per_sample = attack.queries_per_sample(result.chosen_t)
+    return result
 
 
 def _condition_note(model: DiffusionModel, *conds: SetCondition) -> dict:

@@ -19,22 +19,44 @@ def _fmt(estimate: dict) -> str:
 
 
 def results_table(results: Sequence) -> str:
-    """A markdown table of audit results (``AuditResult``), one row per attack; with a
-    condition column (caption or empty) when the model was conditional."""
+    """A markdown table of audit results (``AuditResult``), one row per attack ("-" for the t of an
+    attack that ignores it); with a condition column (caption or empty) when the model was conditional."""
     conditioned = any("condition" in r.extra for r in results)
     extra_head, extra_rule = ("condition | ", "---|") if conditioned else ("", "")
     rows = [
-        f"| attack | {extra_head}chosen t | AUC | ASR | TPR@1%FPR | TPR@0.1%FPR | queries | wall time (s) |",
+        f"| attack | {extra_head}chosen t | AUC | ASR | TPR@1%FPR | TPR@0.1%FPR | queries at t | wall time (s) |",
         f"|---|{extra_rule}---|---|---|---|---|---|---|",
     ]
     for r in results:
         m = r.metrics.to_dict()
         condition = f"{r.extra.get('condition', '')} | " if conditioned else ""
         rows.append(
-            f"| {r.attack} | {condition}{r.chosen_t} | {_fmt(m['auc'])} | {_fmt(m['asr'])} | {_fmt(m['tpr_at_1pct_fpr'])} | "
+            f"| {r.attack} | {condition}{r.chosen_t if r.uses_timestep else '-'} | {_fmt(m['auc'])} | {_fmt(m['asr'])} | {_fmt(m['tpr_at_1pct_fpr'])} | "
             f"{_fmt(m['tpr_at_0_1pct_fpr'])} | {r.queries_per_sample} | {r.wall_time_s:.1f} |"
         )
     return "\n".join(rows)
+
+
+def comparison_lines(results: Sequence) -> list[str]:
+    """One sentence per pair: SimA (else the first attack) against each other attack, by a paired
+    bootstrap on the shared report half; a comparison needs bootstrap resamples."""
+    from core.audit import compare_results
+
+    if len(results) < 2:
+        return []
+    if results[0].n_bootstrap < 1:
+        return ["No paired comparison of the attacks: it needs bootstrap resamples (--bootstrap 1 or more)."]
+    first = next((r for r in results if r.attack == "sima"), results[0])
+    return [compare_results(first, r).sentence() for r in results if r is not first]
+
+
+def audit_notes(results: Sequence) -> list[str]:
+    """The lines under the results table: the pairwise comparisons, then the blind baseline."""
+    lines = comparison_lines(results)
+    baseline = results[0].blind_baseline
+    if baseline is not None:
+        lines.append(("Warning: " if baseline.separable else "") + baseline.sentence())
+    return lines
 
 
 def write_card(path: Path, results: Sequence, command: str) -> None:
@@ -47,10 +69,12 @@ def write_card(path: Path, results: Sequence, command: str) -> None:
         f"Written by `{command}` on {date.today().isoformat()} ({platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}).",
         f"{r.n_members} members, {r.n_nonmembers} held-out images; t chosen on the selection half by {r.selection}; "
         f"metrics on the report half with 95% bootstrap CIs ({r.n_bootstrap} resamples, seed {r.seed}). "
-        "Queries are model evaluations per sample per timestep; wall time is this run's, and statistics already "
+        "Queries are model evaluations per sample at the chosen t; wall time is this run's, and statistics already "
         "in the score cache were not recomputed.",
         "",
         results_table(results),
+        "",
+        *(f"{line}  " for line in audit_notes(results)),
         CARD_END,
     ])
     text = path.read_text() if path.is_file() else ""

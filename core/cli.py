@@ -104,7 +104,7 @@ def _cache(args):
 def cmd_audit(args) -> int:
     from core.attacks import parse_attacks
     from core.audit import parse_timesteps, run_audit
-    from core.cards import results_table, write_card
+    from core.cards import audit_notes, results_table, write_card
     from core.sets import stream_set
 
     attacks = parse_attacks(args.attack)
@@ -135,11 +135,15 @@ def cmd_audit(args) -> int:
     if args.json:
         payload = [r.to_dict() for r in results]
         print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
+        baseline = results[0].blind_baseline
+        if baseline is not None and baseline.separable:
+            _warn(baseline.warning())
     else:
         print(f"{model.info().describe()}")
         print(f"{results[0].n_members} members, {results[0].n_nonmembers} non-members; t chosen on the selection "
               f"half by {args.select}; metrics on the report half with 95% bootstrap CIs.\n")
         print(results_table(results))
+        print("\n" + "\n".join(audit_notes(results)))
         if args.out:
             print(f"\nWrote {args.out}")
     return 0
