@@ -406,15 +406,31 @@ def metrics_table(results: Mapping[str, object], label: str = "attack") -> pd.Da
         m = r.metrics
         rows.append({
             label: name,
-            "chosen t": r.chosen_t,
+            # an attack that ignores t (PFAMI) has no chosen t to show
+            "chosen t": r.chosen_t if r.uses_timestep else None,
             "AUC": estimate_text(m.auc),
             "ASR": estimate_text(m.asr),
             "TPR@1%FPR": estimate_text(m.tpr_at_1pct_fpr),
             "TPR@0.1%FPR": estimate_text(m.tpr_at_0_1pct_fpr),
-            "queries / image": r.queries_per_sample,
+            "queries / image at t": r.queries_per_sample,
             "wall time (s)": round(r.wall_time_s, 2),
         })
     return pd.DataFrame(rows)
+
+
+def comparison_table(comparisons) -> pd.DataFrame:
+    """One row per paired comparison (``core.metrics.Comparison``): the differences, their CIs and
+    p-values, and the verdict, which names a winner only when the AUC difference's CI excludes 0."""
+    def diff(d) -> str:
+        return f"{d.value:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]" if d.measurable else "not measurable"
+
+    return pd.DataFrame([{
+        "A vs B": f"{c.name_a} vs {c.name_b}",
+        "AUC A − B (95% CI)": diff(c.auc),
+        "p (AUC)": round(c.auc.p_value, 4),
+        "TPR@1%FPR A − B (95% CI)": diff(c.tpr_at_1pct_fpr),
+        "verdict (AUC)": c.order("auc"),
+    } for c in comparisons])
 
 
 def single_metrics_table(result) -> pd.DataFrame:

@@ -21,6 +21,7 @@ h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 
 table { border-collapse: collapse; margin: 0.5em 0; } th, td { border: 1px solid #d1d5db; padding: 4px 10px; text-align: left; }
 th { background: #f3f4f6; } pre { background: #f9fafb; padding: 1em; overflow-x: auto; }
 .note { color: #4b5563; font-size: 0.95em; }
+.warning { background: #fef3c7; border-left: 4px solid #d97706; padding: 0.5em 1em; }
 """
 
 
@@ -40,7 +41,15 @@ def html_report(result, figures: Mapping[str, go.Figure], *, model_description: 
         "t": "t", "selection_auc": "AUC (selection half)", "auc": "AUC (report half)",
         "asr": "ASR (report half)", "tpr_at_1pct_fpr": "TPR@1%FPR (report half)",
     })
-    config = {k: v for k, v in result.to_dict().items() if k not in ("metrics", "per_t")}
+    config = {k: v for k, v in result.to_dict().items() if k not in ("metrics", "per_t", "blind_baseline")}
+    chosen = (f"The timestep t = {result.chosen_t} was chosen on the selection half by {html.escape(result.selection)}"
+              if result.uses_timestep else f"{html.escape(result.attack)} ignores t (it uses its own steps), so none was chosen")
+    baseline = result.blind_baseline
+    style = ' class="warning"' if baseline is not None and baseline.separable else ""
+    blind = "" if baseline is None else (
+        f"<h2>Blind baseline</h2>\n<p{style}>{html.escape(baseline.sentence())}</p>\n"
+        f'<p class="note">Features: {html.escape(baseline.features)}.</p>'
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Membership audit: {html.escape(result.model_name)} / {html.escape(result.attack)}</title>
@@ -49,14 +58,14 @@ def html_report(result, figures: Mapping[str, go.Figure], *, model_description: 
 <p>{html.escape(model_description)}</p>
 <p>Data: {html.escape(data_source)}: {result.n_members:,} members and {result.n_nonmembers:,} non-members.</p>
 <p class="note">Protocol: members and non-members were each split 50/50 (seed {result.seed}) into a selection
-half and a report half. The timestep t = {result.chosen_t} was chosen on the selection half by
-{html.escape(result.selection)}; every metric below is measured on the report half at that t, with 95%
+half and a report half. {chosen}; every metric below is measured on the report half, with 95%
 percentile bootstrap confidence intervals ({result.n_bootstrap} resamples, members and non-members resampled
 separately). TPR at an FPR is the highest TPR whose realised FPR does not exceed the target.</p>
 <h2>Summary</h2>
 <pre>{html.escape(result.summary())}</pre>
 <h2>Metrics at the chosen t</h2>
 {_table(charts.single_metrics_table(result))}
+{blind}
 {''.join(parts)}
 <h2>Per timestep</h2>
 {_table(per_t)}

@@ -234,3 +234,4 @@ def test_html_report_is_self_contained(result):
     assert page.count("Plotly.newPlot") == 2
     assert len(page) > 1_000_000  # plotly.js itself is inside
     assert f"t = {result.chosen_t}" in page and f"{result.metrics.auc.value:.3f}" in page
+    assert "<h2>Blind baseline</h2>" in page and result.blind_baseline.describe() in page

@@ -65,11 +65,12 @@ with widgets.user_errors():
 
 # ----------------------------------------------------------------------------- headline
 report_n = int(result.report_mask().sum())
-st.subheader(f"Result at t = {result.chosen_t}")
+chosen = (f"t chosen by {result.selection.upper()} on the selection half ({len(result.ids) - report_n} images)"
+          if result.uses_timestep else "this attack ignores t, so none is chosen")
+st.subheader(f"Result at t = {result.chosen_t}" if result.uses_timestep else "Result")
 st.caption(
-    f"{reading.attack_summary(choices.attack, result.chosen_t)}. t chosen by {result.selection.upper()} on the selection half "
-    f"({len(result.ids) - report_n} images); metrics on the report half ({report_n} images) with 95% bootstrap "
-    f"intervals ({result.n_bootstrap} resamples)."
+    f"{reading.attack_summary(choices.attack, result.chosen_t)}. {chosen[0].upper() + chosen[1:]}; metrics on the report "
+    f"half ({report_n} images) with 95% bootstrap intervals ({result.n_bootstrap} resamples)."
 )
 HEADLINE = (("auc", "AUC"), ("asr", "ASR"), ("tpr_at_1pct_fpr", "TPR@1%FPR"), ("tpr_at_0_1pct_fpr", "TPR@0.1%FPR"))
 for place, (key, name) in zip(st.columns(len(HEADLINE)), HEADLINE):
@@ -82,6 +83,11 @@ for place, (key, name) in zip(st.columns(len(HEADLINE)), HEADLINE):
             st.metric(name, f"{estimate.value:.3f}")
             if estimate.ci_low is not None:
                 st.caption(f"95% CI [{estimate.ci_low:.3f}, {estimate.ci_high:.3f}]")
+
+baseline = result.blind_baseline
+if baseline is not None:
+    # The one check that needs no model: if this fires, the AUC above measures the split too.
+    (st.warning if baseline.separable else st.caption)(baseline.sentence())
 
 roc_linear, roc_log = st.columns(2)
 figures = {

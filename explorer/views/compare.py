@@ -58,7 +58,22 @@ with linear:
 with log:
     widgets.plot(charts.roc_figure(results, log=True), key="compare_roc_log")
 st.dataframe(charts.metrics_table(results), hide_index=True)
-st.caption("Each attack at its own t, chosen on the selection half; 95% bootstrap intervals on the report half.")
+st.caption("Each attack at its own t, chosen on the selection half; 95% bootstrap intervals on the report half. "
+           "PFAMI ignores t, so it has none.")
+
+if len(results) > 1:
+    from core.audit import compare_results
+
+    st.subheader("Which attack is stronger?")
+    first = "sima" if "sima" in results else next(iter(results))
+    with widgets.user_errors():
+        comparisons = [compare_results(results[first], r) for name, r in results.items() if name != first]
+    st.dataframe(charts.comparison_table(comparisons), hide_index=True)
+    st.caption(
+        f"{reading.attack_title(first)} against each other attack on the same report-half images, each at its own t: "
+        "a paired bootstrap resamples the images once for both attacks. One attack is called stronger only when the "
+        "95% interval of the AUC difference excludes 0; overlapping intervals of the two AUCs above are not a test."
+    )
 
 cost, curves = st.columns(2)
 with cost:
