@@ -30,9 +30,9 @@ def _rows(**auc):
     return [{"attack": name, "auc": {"value": value}} for name, value in auc.items()]
 
 
-def test_the_ordering_verdict_holds_only_when_every_pair_is_in_order(bench):
+def test_the_ordering_verdict_by_point_auc_is_for_rows_without_per_sample_scores(bench):
     ordered = dict(sima=0.9, pia=0.9, secmi=0.85, loss=0.8, pfami=0.7)
-    assert "ordering holds" in bench.ordering_note(_rows(**ordered))
+    assert "ordering holds here by point AUC" in bench.ordering_note(_rows(**ordered))
     note = bench.ordering_note(_rows(**{**ordered, "pia": 0.95, "pfami": 0.88}))
     assert "does not hold" in note and "SimA < PIA" in note and "SecMI < PFAMI" in note
     assert "tie" in bench.ordering_note(_rows(sima=1.0, pia=1.0, secmi=1.0, loss=1.0, pfami=0.5))
@@ -40,6 +40,28 @@ def test_the_ordering_verdict_holds_only_when_every_pair_is_in_order(bench):
     assert bench.ordering_short(partial) == "no: SimA < PIA; PFAMI not run"
     assert "PFAMI not run" in bench.ordering_note(partial) and "SimA < PIA" in bench.ordering_note(partial)
     assert bench.ordering_short(_rows(sima=0.9, pia=0.8)) == "partly: SecMI, Loss, PFAMI not run"
+    # One of our models without stored scores says that no paired test was possible.
+    assert bench.ordering_short(partial, []).startswith("no paired test (no per-sample scores); point AUC: no: SimA < PIA")
+    assert bench.ordering_note(partial, []).startswith("No paired test is possible here")
+
+
+def _tested(a, b, low, high):
+    return {"attack_a": a, "attack_b": b, "auc_difference": {"value": (low + high) / 2, "ci_low": low, "ci_high": high}}
+
+
+def test_the_ordering_verdict_with_paired_tests_orders_a_pair_only_when_its_ci_excludes_zero(bench):
+    # By point AUC PIA is above SimA, but the paired CI covers 0: not a reversal.
+    rows = _rows(sima=0.90, pia=0.91, secmi=0.85, loss=0.80, pfami=0.70)
+    tests = [_tested("sima", "pia", -0.03, 0.01), _tested("sima", "secmi", -0.01, 0.05)]
+    tests += [_tested(hi, lo, 0.02, 0.2) for hi in ("sima", "pia", "secmi") for lo in ("loss", "pfami")]
+    assert bench.ordering_short(rows, tests) == "yes"
+    assert "holds here by a paired bootstrap" in bench.ordering_note(rows, tests)
+    reversed_ = [_tested("sima", "pia", -0.05, -0.01)] + tests[1:]
+    assert bench.ordering_short(rows, reversed_) == "no: SimA < PIA"
+    unshown = tests[:-1] + [_tested("secmi", "pfami", -0.01, 0.1)]
+    assert bench.ordering_short(rows, unshown) == "not shown: SecMI ≈ PFAMI"
+    assert "not distinguishable at 95%" in bench.ordering_note(rows, unshown)
+    assert bench.ordering_short(rows, tests[:-1]) == "yes; not compared: SecMI vs PFAMI"
 
 
 def test_a_tiny_run_writes_every_attack_row_and_its_costs(bench, tmp_path, monkeypatch):
@@ -61,6 +83,13 @@ def test_a_tiny_run_writes_every_attack_row_and_its_costs(bench, tmp_path, monke
         assert 0 <= row["auc"]["value"] <= 1 and row["s_per_1000_images_at_t"] > 0
     text = doc.read_text()
     assert "### digits-empirical" in text and text.count("\n| sima |") == 1 and "PFAMI not run" in text
+    # Every attack is perfect on the exact memoriser: the paired tests find no difference to order.
+    pairs = {(c["attack_a"], c["attack_b"]): c for c in entry["comparisons"]}
+    assert set(pairs) == {("sima", "secmi"), ("sima", "loss"), ("secmi", "loss")}
+    assert all(c["verdict"] == "not distinguishable at 95%" and c["n_nonmembers"] == 50 for c in pairs.values())
+    assert "| SimA vs Loss | +0.000 [+0.000, +0.000] | 1 |" in text
+    stored = bench.load_scores(tmp_path / "attack_scores-quick.npz")
+    assert len(stored["digits-empirical|sima"]) == len(stored["digits-empirical|labels"]) == 100
 
 
 def test_the_committed_attack_tables_are_rendered_from_the_committed_results(bench):
@@ -70,6 +99,28 @@ def test_the_committed_attack_tables_are_rendered_from_the_committed_results(ben
     payload = json.loads(results.read_text())
     assert bench.markdown(payload).strip() in (ROOT / "docs" / "benchmarks.md").read_text()
     assert bench.headline(payload) in (ROOT / "README.md").read_text()
+
+
+def test_the_committed_paired_comparisons_come_from_the_committed_scores(bench):
+    from core.metrics import auc
+
+    results = ROOT / "benchmarks" / "results" / "attacks.json"
+    if not results.is_file():
+        pytest.skip("benchmarks/results/attacks.json is not committed yet; run python benchmarks/attacks.py")
+    payload = json.loads(results.read_text())
+    stored = bench.load_scores(bench.scores_path(False))
+    compared = [name for name, entry in payload["models"].items() if entry.get("comparisons")]
+    assert compared, "no model has paired comparisons"
+    for name in compared:
+        labels = stored[f"{name}|labels"]
+        for c in payload["models"][name]["comparisons"]:
+            a, b = (auc(scores=stored[f"{name}|{k}"], labels=labels) for k in (c["attack_a"], c["attack_b"]))
+            assert c["auc_difference"]["value"] == pytest.approx(a - b, abs=1e-12)
+    # The whole bootstrap again for one model (all of them would take too long for the suite).
+    first = json.loads(json.dumps({**payload, "models": {compared[0]: payload["models"][compared[0]]}}))
+    bench.add_comparisons(first, bench.scores_path(False), first["models"][compared[0]]["comparisons"][0]["n_bootstrap"],
+                          payload["seed"])
+    assert first["models"][compared[0]]["comparisons"] == payload["models"][compared[0]]["comparisons"]
 
 
 @pytest.fixture(scope="module")

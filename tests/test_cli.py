@@ -110,3 +110,19 @@ def test_audit_rewrites_only_the_audit_section_of_a_model_card(tiny_model_dir, i
     assert text.startswith("# Model\n\nIntro.") and text.rstrip().endswith("Footer.")
     assert "old table" not in text and "| sima |" in text and "| sima-mc |" in text
     assert "Written by `sima audit --model" in text
+
+
+def test_several_attacks_are_compared_pairwise_and_an_attack_that_ignores_t_shows_none(tiny_model_dir, image_sets, capsys):
+    from core.attacks import SecMI
+
+    rc = main(["audit", "--model", str(tiny_model_dir), "--members", str(image_sets / "members.npz"),
+               "--nonmembers", str(image_sets / "nonmembers.npz"), "--timesteps", "10,30", "--attack", "secmi,pfami,sima", "--batch-size", "64",
+               "--bootstrap", "50", "--quiet"])
+    assert rc == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split(" | ")[0].strip("| "): line.strip("|").split(" | ") for line in lines if line.startswith("| ")}
+    assert rows["pfami"][1] == "-" and rows["sima"][1] in ("10", "30")
+    assert int(rows["secmi"][6]) == SecMI().queries_per_sample(int(rows["secmi"][1]))  # at its t, not the grid's max
+    paired = [line for line in lines if "paired bootstrap over the same 4 members and 4 non-members" in line]
+    assert len(paired) == 2 and all(re.match(r"(sima and \w+ are not distinguishable at 95%|sima > \w+|\w+ > sima) by AUC", p)
+                                    for p in paired)
