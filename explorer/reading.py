@@ -28,17 +28,6 @@ def attack_summary(name: str, t: int) -> str:
     )
 
 
-def compared(estimate, reference) -> str:
-    """'clearly below', 'clearly above' or 'about the same as': by whether the 95% intervals overlap."""
-    if None in (estimate.ci_low, estimate.ci_high, reference.ci_low, reference.ci_high):
-        return "compared with"
-    if estimate.ci_high < reference.ci_low:
-        return "clearly below"
-    if estimate.ci_low > reference.ci_high:
-        return "clearly above"
-    return "about the same as"
-
-
 def extremes(result, t: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the k most and the k least member-like samples at t (by membership score)."""
     order = np.argsort(-result.membership_scores(t), kind="stable")

@@ -341,6 +341,7 @@ def test_pixel_vs_latent_audits_each_demo_on_its_own_split(monkeypatch):
     table = at.dataframe[0].value
     assert list(table["model"])[:3] == list(PIXEL_VS_LATENT)
     assert list(table["kind"])[:3] == ["pixel", "latent", "latent"]
+    assert texts(at.markdown).count("paired AUC difference") == 2  # each latent demo tested against the pixel one
     assert len(chart(at, "latent_recon")["data"]) == 4 * 3
 
 

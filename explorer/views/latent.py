@@ -62,13 +62,28 @@ st.dataframe(table.drop(columns=["wall time (s)"]), hide_index=True)
 pixel = PIXEL_VS_LATENT[0]
 latents = [n for n in results if infos[n].kind == "latent"]
 if pixel in results and latents:
-    reference = results[pixel].metrics.auc
+    from core.audit import compare_results
+
+    def against_pixel(name: str) -> str:
+        reference = results[pixel].metrics.auc.value
+        try:
+            # The demos share one split, so both audits hold the same report-half images.
+            paired = compare_results(results[name], results[pixel])
+        except SimaError:
+            return f"compared with the pixel model's {reference:.3f} (not the same images, so no paired test)"
+        if not paired.auc.distinguishable:
+            where = "not distinguishable at 95% from"
+        else:
+            where = "above" if paired.auc.value > 0 else "below"
+        return f"{where} the pixel model's {reference:.3f} (paired AUC difference {paired.auc.describe()})"
+
     lines = [
         f"- **{name}** (β = {reading.kl_weight(infos[name].manifest) or '?'}): AUC {results[name].metrics.auc.value:.3f}, "
-        f"{reading.compared(results[name].metrics.auc, reference)} the pixel model's {reference.value:.3f}"
+        f"{against_pixel(name)}"
         for name in latents
     ]
-    st.markdown("**On these models**, at each one's chosen t (95% intervals decide \"about the same\"):\n" + "\n".join(lines))
+    st.markdown("**On these models**, at each one's chosen t (a paired bootstrap on the same report-half images "
+                "decides, at 95%):\n" + "\n".join(lines))
 
     st.subheader("What the bottleneck keeps")
     split = state.model_split(pixel, choices.device)
