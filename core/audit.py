@@ -3,7 +3,8 @@
 Members and non-members are each split 50/50 (seeded) into a selection half and a report
 half. The timestep is chosen on the selection half only; every reported metric comes from
 the report half at that timestep, with bootstrap confidence intervals. The full per-timestep
-curves are kept for display.
+curves are kept for display. Every audit also fits the blind baseline (``core.blind``) on the
+same halves, and two audits of the same split can be compared pairwise (``compare_results``).
 """
 
 from __future__ import annotations
@@ -409,7 +410,8 @@ def run_audit(
 
     ``members`` and ``nonmembers`` are [-1, 1] image tensors (ids optional), or streams of
     ``(images, ids)`` batches (e.g. from ``core.data.iter_images``) so that a set of any size
-    is swept holding one batch of images in memory. With a ``cache``, statistics computed
+    is swept holding one batch of images in memory (the blind baseline keeps only its small
+    features of each batch). With a ``cache``, statistics computed
     before (by any audit, score or app session on the same model, images, attack and seed)
     are reused and new ones are stored as they finish. ``member_cond`` and ``nonmember_cond``
     condition a conditional model (see ``SetCondition``); None is the empty condition.
