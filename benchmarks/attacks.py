@@ -4,6 +4,7 @@
     python benchmarks/attacks.py --quick    # 100 members + 100 held-out per demo, t in 0:100:20
     python benchmarks/attacks.py --cifar    # also a 32x32 pixel DDPM trained here on CIFAR-10
     python benchmarks/attacks.py --report   # only rewrite the tables from benchmarks/results/attacks.json
+    python benchmarks/attacks.py --backfill-scores  # report-half scores for rows run before they were kept
 
 For every model and attack, ``core.audit.run_audit`` splits members and held-out images 50/50
 (seeded), chooses t by AUC on the selection half and reports AUC, ASR and TPR@1%FPR with 95%
@@ -18,8 +19,15 @@ benchmarks/.cache (outside git) with its training wall time and a learning curve
 at a few t after every checkpoint); an interrupted training resumes from its last
 checkpoint. The default budget (1,500 steps of batch 64) takes about an hour on 2 CPU cores.
 
+Each row's report-half membership scores at its chosen t go to benchmarks/results/
+attack_scores.npz, and every ordering between two attacks of a model comes from a paired,
+stratified bootstrap of their AUC difference on those same samples (``core.metrics.compare``):
+"A > B" only when its 95% CI excludes 0. The published rows have no per-sample data, so they
+are compared by point AUC only, and say so.
+
 Writes benchmarks/results/attacks.json (attacks-quick.json with --quick; models not re-run
-keep their earlier entries) and the "Attacks" section of docs/benchmarks.md.
+keep their earlier entries), the scores file, the "Attacks" section of docs/benchmarks.md and
+the README table.
 """
 
 from __future__ import annotations
@@ -461,7 +469,10 @@ def markdown(payload: dict) -> str:
         "95% bootstrap CIs. Queries are model evaluations per sample: at the chosen t alone, and for the whole "
         "grid (SecMI shares one inversion path across the grid). Times are wall "
         "seconds per 1,000 images: one pass at the chosen t, and the whole sweep over the timestep grid. "
-        "PFAMI ignores t (it averages over its own 10 steps).",
+        "PFAMI ignores t (it averages over its own 10 steps), so it has no chosen t. Orderings between attacks "
+        "come from paired bootstrap comparisons on the report-half scores kept in "
+        "benchmarks/results/attack_scores.npz (for rows measured before scores were kept, recomputed by "
+        "`--backfill-scores` at the recorded t and stored only where they reproduce the row's AUC exactly).",
         "",
     ]
     for name, entry in payload["models"].items():
