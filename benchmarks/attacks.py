@@ -337,7 +337,7 @@ def ordering_short(rows: list[dict], comparisons: list[dict] | None = None) -> s
     else:
         text = "yes"
     if uncompared:
-        text += "; not compared: " + ", ".join(uncompared)
+        text = ("partly" if text == "yes" else text) + "; not compared: " + ", ".join(uncompared)
     if missing:
         text = ("partly: " if text == "yes" else text + "; ") + ", ".join(missing) + " not run"
     return text
@@ -374,7 +374,7 @@ def _diff(d: dict) -> str:
 
 
 def _p(d: dict) -> str:
-    return "" if d["p_value"] is None else f"{d['p_value']:.3g}"
+    return "" if d["p_value"] is None else f"{d['p_value']:.3f}"
 
 
 # ------------------------------------------------------------------- per-sample scores

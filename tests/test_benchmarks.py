@@ -61,7 +61,7 @@ def test_the_ordering_verdict_with_paired_tests_orders_a_pair_only_when_its_ci_e
     unshown = tests[:-1] + [_tested("secmi", "pfami", -0.01, 0.1)]
     assert bench.ordering_short(rows, unshown) == "not shown: SecMI ≈ PFAMI"
     assert "not distinguishable at 95%" in bench.ordering_note(rows, unshown)
-    assert bench.ordering_short(rows, tests[:-1]) == "yes; not compared: SecMI vs PFAMI"
+    assert bench.ordering_short(rows, tests[:-1]) == "partly; not compared: SecMI vs PFAMI"
 
 
 def test_a_tiny_run_writes_every_attack_row_and_its_costs(bench, tmp_path, monkeypatch):
@@ -87,7 +87,7 @@ def test_a_tiny_run_writes_every_attack_row_and_its_costs(bench, tmp_path, monke
     pairs = {(c["attack_a"], c["attack_b"]): c for c in entry["comparisons"]}
     assert set(pairs) == {("sima", "secmi"), ("sima", "loss"), ("secmi", "loss")}
     assert all(c["verdict"] == "not distinguishable at 95%" and c["n_nonmembers"] == 50 for c in pairs.values())
-    assert "| SimA vs Loss | +0.000 [+0.000, +0.000] | 1 |" in text
+    assert "| SimA vs Loss | +0.000 [+0.000, +0.000] | 1.000 |" in text
     stored = bench.load_scores(tmp_path / "attack_scores-quick.npz")
     assert len(stored["digits-empirical|sima"]) == len(stored["digits-empirical|labels"]) == 100
 
