@@ -410,15 +410,25 @@ def store_scores(path: Path, model_name: str, fingerprint: str, attack: str, sam
     tmp.replace(path)
 
 
+def _reproduces(scores: np.ndarray, labels: np.ndarray, row: dict) -> bool:
+    """Whether scores give the row's AUC to within one member/non-member pair.
+
+    A pair whose two scores differ only by float rounding may order differently when the
+    network runs in other batches (SecMI's shared inversion path does); anything more than one
+    such pair means the scores are not the row's.
+    """
+    n1 = int(np.sum(labels == 1))
+    one_pair = 1.0 / (n1 * (len(labels) - n1))
+    return abs(point_auc(scores=scores, labels=labels) - row["auc"]["value"]) <= one_pair + 1e-12
+
+
 def _matching_scores(stored: dict, name: str, row: dict) -> np.ndarray | None:
     """The stored scores of a row, when they exist and reproduce the row's AUC (else they are stale)."""
     scores = stored.get(f"{name}|{row['attack']}")
     labels = stored.get(f"{name}|labels")
     if scores is None or labels is None or row["auc"]["value"] is None:
         return None
-    if abs(point_auc(scores=scores, labels=labels) - row["auc"]["value"]) > 1e-9:
-        return None
-    return scores
+    return scores if _reproduces(scores, labels, row) else None
 
 
 def add_comparisons(payload: dict, path: Path, n_bootstrap: int, seed: int) -> None:
@@ -472,7 +482,8 @@ def markdown(payload: dict) -> str:
         "PFAMI ignores t (it averages over its own 10 steps), so it has no chosen t. Orderings between attacks "
         "come from paired bootstrap comparisons on the report-half scores kept in "
         "benchmarks/results/attack_scores.npz (for rows measured before scores were kept, recomputed by "
-        "`--backfill-scores` at the recorded t and stored only where they reproduce the row's AUC exactly).",
+        "`--backfill-scores` at the recorded t and stored only where they reproduce the row's AUC to within one "
+        "member/non-member pair: float rounding in batched network arithmetic can reorder one near-tied pair).",
         "",
     ]
     for name, entry in payload["models"].items():
@@ -615,8 +626,8 @@ def backfill_scores(payload: dict, args, n_quick: int | None) -> None:
 
     The audit's split depends only on the set sizes and the seed, and each statistic only on
     (seed, image, t), so scoring the report half at a row's recorded chosen t reproduces the
-    scores its metrics came from; they are stored only when they reproduce the row's AUC
-    exactly (to 1e-9), so a near miss is reported and left out, never stored.
+    scores its metrics came from; they are stored only when they reproduce the row's AUC (to
+    within one member/non-member pair, see ``_reproduces``); a miss is reported, never stored.
     """
     path = scores_path(args.quick)
     for name, entry in payload["models"].items():
@@ -645,7 +656,7 @@ def backfill_scores(payload: dict, args, n_quick: int | None) -> None:
             stats = image_statistics(model, images, attack, grid, seed=args.seed, batch_size=args.batch_size)[:, grid.index(t)]
             scores = membership_scores(stats.numpy(), attack.member_when)
             got = point_auc(scores=scores, labels=labels)
-            verdict = "stored" if abs(got - row["auc"]["value"]) <= 1e-9 else "NOT stored: the row's AUC is not reproduced"
+            verdict = "stored" if _reproduces(scores, labels, row) else "NOT stored: the row's AUC is not reproduced"
             print(f"{name} {row['attack']} t={t}: AUC {got:.6f} (row {row['auc']['value']:.6f}), "
                   f"{time.perf_counter() - start:.0f} s, {verdict}", flush=True)
             if verdict == "stored":
