@@ -651,7 +651,7 @@ def compare(
     labels: Any,
     *,
     names: tuple[str, str] = ("A", "B"),
-    n_bootstrap: int = 1000,
+    n_bootstrap: int = N_BOOTSTRAP,
     seed: int = 0,
     confidence: float = 0.95,
 ) -> Comparison:
