@@ -1,5 +1,5 @@
-"""Membership metrics (METHODS section 4), calibrated single-image verdicts (section 5) and
-paired comparisons of two attacks on the same samples (section 9).
+"""Membership metrics (METHODS section 4), calibrated single-image verdicts (section 5), and
+paired comparisons of two attacks on the same samples.
 
 Conventions used throughout:
 
