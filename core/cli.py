@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -44,8 +45,9 @@ def _skipped(problem) -> None:
 def _model(args):
     from core import load_model
 
-    return load_model(args.model, allow_pickle=args.allow_pickle, device=args.device,
-                      lora=args.lora, lora_scale=args.lora_scale)
+    options = {"weights": args.weights, "scaling_factor": args.scaling_factor}
+    return load_model(args.model, allow_pickle=args.allow_pickle, device=args.device, lora=args.lora,
+                      lora_scale=args.lora_scale, **{k: v for k, v in options.items() if v is not None})
 
 
 def conditions(args, model, sources: Sequence[str]) -> list[tuple[str | None, object]]:
@@ -101,16 +103,40 @@ def _cache(args):
     return None if args.no_cache else ScoreCache(args.cache_dir)
 
 
+def _audit_sets(args):
+    """A function of the model giving fresh (members, non-members) chunk streams for each attack:
+    from --members / --nonmembers, or from a dataset archive and a split file."""
+    if args.dataset is None and args.split is None:
+        from core.sets import stream_set
+
+        if args.members is None or args.nonmembers is None:
+            raise SimaError("Give --members and --nonmembers (or --dataset NAME:DIR with --split FILE.npz).")
+        return lambda model: (stream_set(args.members, model, "members", on_problem=_skipped),
+                              stream_set(args.nonmembers, model, "heldout", on_problem=_skipped))
+    if args.dataset is None or args.split is None or args.members is not None or args.nonmembers is not None:
+        raise SimaError("--dataset and --split go together, and replace --members and --nonmembers.")
+    from core.archives import split_sets, tensor_chunks
+    from core.audit import CHUNK_IMAGES
+
+    sides = split_sets(args.dataset, args.split)
+
+    def streams(model):
+        c, h, w = model.image_shape
+        return tuple(tensor_chunks(pictures, ids, channels=c, size=(h, w), chunk=CHUNK_IMAGES) for pictures, ids in sides)
+
+    return streams
+
+
 def cmd_audit(args) -> int:
     from core.attacks import parse_attacks
     from core.audit import parse_timesteps, run_audit
     from core.cards import audit_notes, results_table, write_card
-    from core.sets import stream_set
 
     attacks = parse_attacks(args.attack)
     timesteps = parse_timesteps(args.timesteps)
+    sets = _audit_sets(args)
     model = _model(args)
-    modes = conditions(args, model, [args.members, args.nonmembers])
+    modes = conditions(args, model, [s for s in (args.members, args.nonmembers) if s is not None])
     runs = [(mode, table, attack) for mode, table in modes for attack in attacks
             if not (len(modes) > 1 and mode == "empty" and attack.needs_condition)]
     results = []
@@ -119,7 +145,7 @@ def cmd_audit(args) -> int:
         update, close = _progress(f"{attack.name} sweep" + (f" ({mode})" if mode else ""), args.quiet)
         try:
             results.append(run_audit(
-                model, stream_set(args.members, model, "members", on_problem=_skipped), stream_set(args.nonmembers, model, "heldout", on_problem=_skipped),
+                model, *sets(model),
                 attack=attack, timesteps=timesteps, select=args.select, seed=args.seed, batch_size=args.batch_size, n_bootstrap=args.bootstrap, progress=update, cache=_cache(args),
                 member_cond=by_ids, nonmember_cond=by_ids,
             ))
@@ -253,6 +279,14 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from core.models.pytorch_ddpm import convert_checkpoint
+
+    out = convert_checkpoint(args.checkpoint, args.out, allow_pickle=args.allow_pickle, weights=args.weights)
+    print(f"Wrote {out} (diffusers UNet2DModel with safetensors weights, and its scheduler); load it with --model {out}")
+    return 0
+
+
 def cmd_explore(args) -> int:
     import subprocess
 
@@ -271,10 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", required=True, help="bundled demo name, diffusers folder, or hub id")
+        p.add_argument("--model", required=True, help="bundled demo name, diffusers folder, hub id, or pytorch-ddpm ckpt.pt")
         p.add_argument("--seed", type=int, default=0, help="seed for splits, noise and bootstrap (default 0)")
         p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-        p.add_argument("--allow-pickle", action="store_true", help="allow pickle-based .bin weights (only from a source you trust)")
+        p.add_argument("--allow-pickle", action="store_true", help="allow pickle-based .bin/.pt weights (only from a source you trust)")
+        p.add_argument("--weights", choices=["ema", "net"], help="pytorch-ddpm ckpt.pt only: EMA weights (default) or the raw net")
+        p.add_argument("--scaling-factor", type=float, help="latent models only: the latent scaling factor, when the VAE config lacks one")
         p.add_argument("--json", action="store_true", help="print JSON to stdout")
         p.add_argument("--batch-size", type=int, default=None, help="forward-pass batch size (default: measured fastest, then cached)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -292,8 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="score members and non-members, choose t on one half, report on the other")
     common(audit)
-    audit.add_argument("--members", required=True, help="'demo', a folder, zip or npz of training images")
-    audit.add_argument("--nonmembers", required=True, help="'demo', a folder, zip or npz of held-out images")
+    audit.add_argument("--members", help="'demo', a folder, zip or npz of training images")
+    audit.add_argument("--nonmembers", help="'demo', a folder, zip or npz of held-out images")
+    audit.add_argument("--dataset", help="cifar10:DIR or cifar100:DIR, the archive (binary or python version, or its .tar.gz); needs --split")
+    audit.add_argument("--split", help="split file (.npz) whose mia_train_idxs / mia_eval_idxs pick members / non-members from the training split")
     audit.add_argument("--attack", default="sima", help="attack name(s), comma separated (default sima)")
     audit.add_argument("--timesteps", default=DEFAULT_GRID, help=f"START:STOP:STEP inclusive, or a list (default {DEFAULT_GRID})")
     audit.add_argument("--select", default="auc", choices=["auc", "tpr1"], help="metric that chooses t on the selection half")
@@ -336,6 +374,13 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--cache-dir", help="score cache folder (default $SIMA_CACHE_DIR or ~/.cache/sima-explorer)")
     cache.set_defaults(func=cmd_cache)
 
+    convert = sub.add_parser("convert", help="convert a pytorch-ddpm ckpt.pt into a diffusers folder (safetensors, no pickle)")
+    convert.add_argument("checkpoint", help="ckpt.pt, with the run's flagfile.txt beside it")
+    convert.add_argument("out", help="new folder for the diffusers model")
+    convert.add_argument("--weights", choices=["ema", "net"], default="ema", help="EMA weights (default) or the raw net")
+    convert.add_argument("--allow-pickle", action="store_true", help="required: ckpt.pt is a pickle (only from a source you trust)")
+    convert.set_defaults(func=cmd_convert)
+
     explore = sub.add_parser("explore", help="open the explorer app in the browser")
     explore.add_argument("--port", type=int, default=8501)
     explore.set_defaults(func=cmd_explore)
@@ -346,7 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = lambda message, *rest, **kw: _warn(str(message))
+            return args.func(args)
     except SimaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -31,7 +31,20 @@ def _latent(tmp_path):
     return core.load_model(save_latent(tmp_path / "latent"))
 
 
-ADAPTERS = [_pixel, _pixel_v, _empirical, _latent]
+def _pytorch_ddpm(tmp_path):
+    """A papers' checkpoint whose architecture diffusers cannot express: our module of the original."""
+    from core.models.pytorch_ddpm import OriginalUNetModel
+    from tests.test_pytorch_ddpm import ORIGINAL_ONLY, write_checkpoint
+
+    ckpt = tmp_path / "run" / "ckpt.pt"
+    if not ckpt.exists():
+        write_checkpoint(ckpt.parent, ORIGINAL_ONLY)
+    model = core.load_model(ckpt, allow_pickle=True)
+    assert isinstance(model, OriginalUNetModel)
+    return model
+
+
+ADAPTERS = [_pixel, _pixel_v, _empirical, _latent, _pytorch_ddpm]
 
 
 @pytest.fixture(params=ADAPTERS, ids=lambda f: f.__name__.strip("_"))

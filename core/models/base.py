@@ -166,6 +166,11 @@ class DiffusionModel(abc.ABC):
             raise ModelError(
                 f"Timestep out of range: this model has timesteps 0 to {self.num_train_timesteps - 1}."
             )
+        if n and bool((self.alphas_cumprod[t.cpu()] <= 0).any()):
+            raise ModelError(
+                f"Timestep {int(t.max())} is pure noise in this model's zero-terminal-SNR schedule "
+                "(alphas_cumprod = 0), so it says nothing about the image; choose an earlier one."
+            )
         return t
 
     def abar(self, t: torch.Tensor) -> torch.Tensor:

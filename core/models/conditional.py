@@ -33,7 +33,7 @@ from core.conditioning import EMPTY_KEY, Conditioning, caption_key
 from core.errors import ModelError
 from core.hashing import fingerprint_tensors
 from core.models import loading
-from core.models.latent import LatentModel, check_latent_configs, read_vae_config
+from core.models.latent import LatentModel, check_latent_configs, planned_scaling, read_vae_config
 from core.models.pixel import check_unet_config
 
 #: The text encoder classes a pipeline folder may name; nothing else is ever instantiated.
@@ -246,6 +246,7 @@ class TextToImageModel(LatentModel):
         """Load a planned folder once its bytes fit the memory budget; ``lora`` adds an adapter."""
         folder = plan.folder
         pairs = _pairs(folder)
+        scaling = planned_scaling(plan, scaling_factor)
         modules = plan.materialise()
         tokenizers, digests = zip(*(read_tokenizer(folder / tokenizer, root=folder) for _, tokenizer in pairs))
         encoders = [modules[encoder] for encoder, _ in pairs]
@@ -261,7 +262,7 @@ class TextToImageModel(LatentModel):
             force_zeros_for_empty_prompt=_index(folder).get("force_zeros_for_empty_prompt", True),
             tokenizer_digests=list(digests),
             lora=lora_info,
-            scaling_factor=scaling_factor,
+            scaling_factor=scaling,
             prediction_type=plan.prediction_type,
             **kwargs,
         )

@@ -3,9 +3,11 @@
 Attacks run in latent space: an image x0 in [-1, 1] becomes z0 = s * (E(x0) - b), where E is
 the encoder's posterior MEAN (an ``AutoencoderKL``) or its pre-quantisation output (a
 ``VQModel``), never a sample, so scores are deterministic. The scaling factor s comes from the
-autoencoder's config (``scaling_factor``) unless overridden, the shift b from its
-``shift_factor`` (0 when the config has none, as in Stable Diffusion 1.x, 2.x and SDXL); both
-are part of the fingerprint because they change every score.
+autoencoder's own config FILE (``scaling_factor``) unless overridden, not from diffusers'
+config object, which fills a missing one with 0.18215 without saying so: a config without it
+is an error that says how to pass it. The shift b comes from ``shift_factor`` (0 when the
+config has none, as in Stable Diffusion 1.x, 2.x and SDXL). Both change every score, so both
+are part of the fingerprint.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ class LatentModel(DiffusionModel):
         unet: torch.nn.Module,
         alphas_cumprod: torch.Tensor,
         *,
-        scaling_factor: float | None = None,
+        scaling_factor: float,
         prediction_type: str = "epsilon",
         name: str = "latent-model",
         manifest: dict | None = None,
@@ -85,7 +87,7 @@ class LatentModel(DiffusionModel):
         check_latent_configs(dict(vae.config), dict(unet.config), "the autoencoder config", "the UNet config")
         self.vae = vae.eval().requires_grad_(False).to(device)
         self.unet = unet.eval().requires_grad_(False).to(device)
-        self.scaling_factor = _scaling(scaling_factor, vae.config)
+        self.scaling_factor = _scaling(scaling_factor, "The scaling_factor given")
         self.shift_factor = _shift(vae.config)
         self.alphas_cumprod = alphas_cumprod.to(torch.float64).cpu()
         self.prediction_type = prediction_type
@@ -122,9 +124,10 @@ class LatentModel(DiffusionModel):
     @classmethod
     def from_plan(cls, plan: loading.ModelPlan, *, scaling_factor: float | None = None, **kwargs) -> "LatentModel":
         """Load a planned folder, once its bytes fit the memory budget."""
+        scaling = planned_scaling(plan, scaling_factor)
         kwargs.setdefault("name", plan.folder.name)
         modules = plan.materialise()
-        return cls(modules["vae"], modules["unet"], plan.alphas_cumprod, scaling_factor=scaling_factor,
+        return cls(modules["vae"], modules["unet"], plan.alphas_cumprod, scaling_factor=scaling,
                    prediction_type=plan.prediction_type, **kwargs)
 
     @classmethod
@@ -181,6 +184,8 @@ class LatentModel(DiffusionModel):
             tensors.update({f"unet.{k}": v for k, v in self.unet.state_dict().items()})
             config = (dict(self.vae.config), dict(self.unet.config), self.prediction_type,
                       self.scaling_factor, self.alphas_cumprod.tolist())
+            if self.shift_factor:  # appended only when used, so unshifted models keep their fingerprints
+                config += (self.shift_factor,)
             self._fingerprint = fingerprint_tensors(tensors, config)
         return self._fingerprint
 
@@ -200,13 +205,26 @@ def _shift(config) -> float:
     return value
 
 
-def _scaling(override: float | None, config) -> float:
-    value = override if override is not None else config.get("scaling_factor", 1.0)
+def planned_scaling(plan: loading.ModelPlan, override: float | None) -> float:
+    """The latent scaling factor of a planned model: ``override``, else the value in its
+    autoencoder's config file as written (the plan keeps the raw JSON, without diffusers'
+    defaults); a ModelError that says how to pass it when the file has none."""
+    if override is not None:
+        return _scaling(override, "The scaling_factor given")
+    vae = plan.components["vae"]
+    if vae.config.get("scaling_factor") is None:
+        raise ModelError(
+            f"{vae.config_path} has no 'scaling_factor', the factor its latents were scaled by in training; pass it "
+            "as load_model(..., scaling_factor=S) or --scaling-factor S (0.18215 for Stable Diffusion 1.x and 2.x)."
+        )
+    return _scaling(vae.config["scaling_factor"], f"{vae.config_path}: field 'scaling_factor'")
+
+
+def _scaling(value, source: str) -> float:
     try:
-        value = float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        source = "The scaling_factor given" if override is not None else "The autoencoder config's 'scaling_factor'"
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number <= 0:
         raise ModelError(f"{source} is {value!r}; it must be a positive number (e.g. 0.18215 for Stable Diffusion).")
-    return value
+    return number

@@ -637,22 +637,55 @@ def check_scheduler_config(config: dict, path: Path) -> int:
     return steps
 
 
+NOISE_SCHEDULE_FIELDS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                         "rescale_betas_zero_snr")
+"""The fields of diffusers' DDPMScheduler / DDIMScheduler (0.42) that change alphas_cumprod: all honoured.
+
+Their other fields steer sampling only and leave alphas_cumprod alone: variance_type (a learned
+variance shows as twice the output channels, handled by the adapters), clip_sample,
+clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value,
+timestep_spacing, steps_offset and DDIM's set_alpha_to_one (the value used after the last
+sampling step); prediction_type is read by :func:`prediction_type`.
+"""
+
+_SCHEDULE_CHANGING = {"snr_shift_scale": 1.0, "use_flow_sigmas": False}
+"""Fields of other diffusers schedulers that would change the noise schedule, with the value that does not."""
+
+
 def alphas_cumprod_from_scheduler(config: dict, path: Path) -> torch.Tensor:
-    """abar_t in float64 from a DDPM/DDIM scheduler config, as diffusers defines the betas."""
+    """abar_t in float64 from a DDPM/DDIM scheduler config, as diffusers defines the betas.
+
+    Every field that changes the schedule is honoured or refused, never dropped. With
+    ``rescale_betas_zero_snr`` the last step has abar = 0 (pure noise); the model's timestep
+    check refuses it.
+    """
     from diffusers import DDPMScheduler
 
+    kind = str(config.get("_class_name", ""))
+    if kind.startswith("FlowMatch"):
+        raise ModelError(f"{path}: a {kind} is a flow-matching schedule; this tool audits DDPM-family (noise-prediction) models.")
+    for field, neutral in _SCHEDULE_CHANGING.items():
+        if field in config and config[field] != neutral:
+            raise ModelError(f"{path}: field {field!r} is {config[field]!r}; it changes the noise schedule in a way this "
+                             f"tool does not model (only {neutral!r} is supported).")
     steps = check_scheduler_config(config, path)
-    known = {"linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"}
+    known = {"linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"}
     schedule = config.get("beta_schedule", "linear")
     if config.get("trained_betas") is None and schedule not in known:
         raise ModelError(f"{path}: field 'beta_schedule' is {schedule!r}; supported: {', '.join(sorted(known))}.")
-    fields = {k: config[k] for k in ("beta_start", "beta_end", "beta_schedule", "trained_betas") if k in config}
+    rescale = config.get("rescale_betas_zero_snr", False)
+    if not isinstance(rescale, bool):
+        raise ModelError(f"{path}: field 'rescale_betas_zero_snr' must be true or false, found {rescale!r}.")
+    fields = {k: config[k] for k in NOISE_SCHEDULE_FIELDS[1:] if k in config}
     try:
         scheduler = DDPMScheduler(num_train_timesteps=steps, **fields)
     except Exception as exc:
         raise ModelError(f"{path}: the noise schedule could not be built ({exc}).") from None
     abar = torch.cumprod(1 - scheduler.betas.to(torch.float64), 0)
-    if not torch.isfinite(abar).all() or not bool(((abar > 0) & (abar < 1)).all()):
+    inside = (abar > 0) & (abar < 1)
+    if rescale:
+        inside[-1] = abar[-1] >= 0  # zero terminal SNR: the last step is pure noise by design
+    if not torch.isfinite(abar).all() or not bool(inside.all()):
         raise ModelError(f"{path}: the noise schedule gives alphas_cumprod outside (0, 1).")
     return abar
 

@@ -44,7 +44,10 @@ def resolve(spec: str | Path) -> tuple[Path, dict]:
     path = Path(text).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ModelError(f"{path} is a file; give the diffusers folder that holds the model's config.json.")
+            raise ModelError(
+                f"{path} is a file; give the diffusers folder that holds the model's config.json, "
+                f"or a pytorch-ddpm checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})."
+            )
         return path, {}
     if _HUB_ID.match(text) and not text.startswith((".", "/")):
         return _download(text), {"name": text}
@@ -52,9 +55,14 @@ def resolve(spec: str | Path) -> tuple[Path, dict]:
     raise ModelError(f"{text!r} is not a bundled demo ({demos}), an existing folder, or a hub id like 'owner/name'.")
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
 def load_model(spec: str | Path | DiffusionModel, *, device: str = "cpu", allow_pickle: bool = False,
-               lora: str | Path | None = None, lora_scale: float = 1.0, **kwargs) -> DiffusionModel:
-    """A DiffusionModel from a bundled demo name, a local diffusers folder, or a hub id.
+               lora: str | Path | None = None, lora_scale: float = 1.0, weights: str | None = None,
+               **kwargs) -> DiffusionModel:
+    """A DiffusionModel from a bundled demo name, a local diffusers folder, a hub id, or a
+    pytorch-ddpm ``ckpt.pt`` (the papers' checkpoints; ``weights`` "ema", the default, or "net").
 
     Pickle-based weights load only with ``allow_pickle=True``; remote code never runs; nothing
     is allocated before the folder has been checked (see core.models.loading).
@@ -68,14 +76,29 @@ def load_model(spec: str | Path | DiffusionModel, *, device: str = "cpu", allow_
         if "lora" in kwargs:
             raise ModelError("A LoRA is applied while loading: pass the model's folder or hub id, not a loaded model.")
         return spec
+    checkpoint = _checkpoint(spec)
+    if checkpoint is not None:
+        from core.models.pytorch_ddpm import load_checkpoint
+
+        _drop_foreign(kwargs, "a pytorch-ddpm checkpoint", [k for k in kwargs if k != "name"])
+        return load_checkpoint(checkpoint, allow_pickle=allow_pickle, weights=weights or "ema", device=device, **kwargs)
+    if weights is not None:
+        raise ModelError(f"weights={weights!r} (--weights) applies to pytorch-ddpm ckpt.pt files only, not to {spec}.")
     folder, extra = resolve(spec)
     return load_folder(folder, device=device, allow_pickle=allow_pickle, **{**extra, **kwargs})
 
 
 def plan_model(spec: str | Path, *, allow_pickle: bool = False) -> loading.ModelPlan | None:
     """What loading ``spec`` will take (parameters and bytes), found without allocating the
-    networks; None for a model without networks (the empirical demo). Raises the ModelError
-    that loading would raise for a folder that fails a check."""
+    networks; None for a model without networks (the empirical demo) and for a pytorch-ddpm
+    checkpoint, which is sized only by unpickling it. Raises the ModelError that loading would
+    raise for a folder that fails a check, or for a checkpoint without ``allow_pickle``."""
+    checkpoint = _checkpoint(spec)
+    if checkpoint is not None:
+        from core.models.pytorch_ddpm import require_pickle_opt_in
+
+        require_pickle_opt_in(checkpoint, allow_pickle)
+        return None
     folder, _ = resolve(spec)
     manifest = read_manifest(folder)
     if manifest is not None and manifest.get("kind") == "empirical":
@@ -95,6 +118,8 @@ def load_folder(folder: Path, *, device: str = "cpu", allow_pickle: bool = False
     family = model_family(folder)
     if family != "text-to-image" and "lora" in kwargs:
         raise ModelError(f"{folder} is not a Stable Diffusion or SDXL pipeline; a LoRA adapter applies only to those.")
+    if family == "pixel":
+        _drop_foreign(kwargs, "a pixel model", ["scaling_factor"])
     return _adapter(folder).from_folder(folder, allow_pickle=allow_pickle, manifest=manifest, device=device, **kwargs)
 
 
@@ -136,6 +161,20 @@ def _adapter(folder: Path):
     from core.models.pixel import PixelModel
 
     return PixelModel
+
+
+def _checkpoint(spec: str | Path) -> Path | None:
+    """The path of a pytorch-ddpm checkpoint file, or None when ``spec`` names something else."""
+    path = Path(str(spec).strip()).expanduser()
+    return path if path.suffix in CHECKPOINT_SUFFIXES and path.is_file() else None
+
+
+def _drop_foreign(kwargs: dict, what: str, foreign: list[str]) -> None:
+    """Options meant for another kind of model are an error when set, not silently ignored."""
+    for key in foreign:
+        if kwargs.get(key) is not None:
+            raise ModelError(f"The option {key!r} does not apply to {what}.")
+        kwargs.pop(key, None)
 
 
 #: What a hub model needs: the configs, weights and tokenizer files of the components we load;

@@ -19,7 +19,7 @@ from core.conditioning import EMPTY_KEY, Conditioning, label_key
 from core.errors import DataError, ModelError
 from core.models import loading
 from core.models.conditional import legacy_attention_names
-from core.models.latent import LatentModel, check_latent_configs, read_vae_config
+from core.models.latent import LatentModel, check_latent_configs, planned_scaling, read_vae_config
 from core.models.pixel import check_unet_config
 
 DIT_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")
@@ -75,12 +75,13 @@ class ClassConditionalModel(LatentModel):
         index_path = plan.folder / "model_index.json"
         index = loading.read_json(index_path, root=plan.folder) if index_path.is_file() else {}
         labels = index.get("id2label")
+        scaling = planned_scaling(plan, scaling_factor)
         modules = plan.materialise()
         kwargs.setdefault("name", plan.folder.name)
         return cls(
             modules["vae"], modules["transformer"], plan.alphas_cumprod,
             labels={str(v): int(k) for k, v in labels.items() if str(k).isdigit()} if isinstance(labels, dict) else None,
-            scaling_factor=scaling_factor, prediction_type=plan.prediction_type, **kwargs,
+            scaling_factor=scaling, prediction_type=plan.prediction_type, **kwargs,
         )
 
     def _label(self, value: str) -> int:
