@@ -454,17 +454,39 @@ def run_audit(
             count += len(batch_ids)
             done_pairs += len(batch_ids) * len(timesteps)
         counts.append(count)
-    wall = time.perf_counter() - start
+    return audit_from_statistics(
+        torch.cat(parts).numpy() if parts else np.empty((0, len(timesteps))), ids, counts, model=model, attack=attack,
+        features=np.concatenate(feature_parts) if feature_parts else np.empty((0, 0)), timesteps=timesteps,
+        select=select, seed=seed, n_bootstrap=n_bootstrap, wall_time_s=time.perf_counter() - start,
+        conditions=(member_cond, nonmember_cond),
+    )
+
+
+def audit_from_statistics(
+    statistics: np.ndarray, ids: Sequence[str], counts: Sequence[int], *, model, attack: Attack, features: np.ndarray,
+    timesteps: Sequence[int], select: str, seed: int, n_bootstrap: int, wall_time_s: float,
+    conditions: tuple[SetCondition, SetCondition] = (None, None),
+) -> AuditResult:
+    """The AuditResult of raw statistics (N, T), members first: ``counts`` is (members, non-members).
+
+    Every engine that computes statistics (this process, or Ray workers whose shards were
+    merged in the same order) ends here, so the split, the choice of t and every metric are
+    one piece of code. ``features`` are the blind baseline's (``core.blind.features``, one row
+    per sample in the same order). ``model`` needs only ``fingerprint``, ``name`` and
+    ``conditional``; ``conditions`` (members', non-members') say what conditioned it.
+    """
     n_m, n_n = counts
+    if len(ids) != n_m + n_n or len(statistics) != n_m + n_n:
+        raise DataError(f"Got {len(ids)} ids and {len(statistics)} rows of statistics for {n_m} + {n_n} samples.")
     selection_half = split_halves(n_m, n_n, seed)
     labels = np.concatenate([np.ones(n_m, dtype=np.int64), np.zeros(n_n, dtype=np.int64)])
-    baseline = blind_baseline(np.concatenate(feature_parts), labels, selection_half, n_bootstrap=n_bootstrap, seed=seed)
+    baseline = blind_baseline(features, labels, selection_half, n_bootstrap=n_bootstrap, seed=seed)
     result = _assemble(
-        statistics=torch.cat(parts).numpy() if parts else np.empty((0, len(timesteps))),
+        statistics=statistics,
         labels=labels,
         selection_half=selection_half,
-        ids=ids,
-        timesteps=timesteps,
+        ids=list(ids),
+        timesteps=list(timesteps),
         attack=attack.name,
         attack_params=_jsonable(attack.get_params()),
         member_when=attack.member_when,
@@ -474,8 +496,8 @@ def run_audit(
         model_fingerprint=model.fingerprint,
         model_name=model.name,
         queries_per_sample=max(attack.queries_per_sample(t) for t in timesteps),
-        wall_time_s=wall,
-        extra=_condition_note(model, member_cond, nonmember_cond),
+        wall_time_s=wall_time_s,
+        extra=_condition_note(model, *conditions),
         blind_baseline=baseline,
         uses_timestep=attack.uses_timestep,
     )

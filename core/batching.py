@@ -34,7 +34,7 @@ MAX_THREADS = torch.get_num_threads()
 
 
 def _key(model: DiffusionModel) -> str:
-    return f"{model.fingerprint}|{model.device}|cores={os.cpu_count()}|max_threads={MAX_THREADS}"
+    return f"{model.fingerprint}|{model.numerics}|cores={os.cpu_count()}|max_threads={MAX_THREADS}"
 
 
 @contextlib.contextmanager

@@ -42,12 +42,38 @@ def _skipped(problem) -> None:
     _warn(f"skipped {problem.source}: {problem.message}")
 
 
+def _loading(args) -> dict:
+    """What every copy of the model is loaded with: weights, adapters, pickle consent."""
+    options = {"weights": args.weights, "scaling_factor": args.scaling_factor}
+    return {"allow_pickle": args.allow_pickle, "lora": args.lora, "lora_scale": args.lora_scale,
+            **{k: v for k, v in options.items() if v is not None}}
+
+
+def _speed(args) -> dict:
+    """How a working copy is loaded: as every copy, on the device, with the speed settings of
+    DiffusionModel.accelerate."""
+    return {**_loading(args), "device": args.device, "precision": args.precision, "compile": args.compile,
+            "channels_last": args.channels_last}
+
+
 def _model(args):
     from core import load_model
 
-    options = {"weights": args.weights, "scaling_factor": args.scaling_factor}
-    return load_model(args.model, allow_pickle=args.allow_pickle, device=args.device, lora=args.lora,
-                      lora_scale=args.lora_scale, **{k: v for k, v in options.items() if v is not None})
+    if args.engine == "ray":
+        # The workers load their own copies (on their GPUs); this one only names and splits.
+        return load_model(args.model, **_loading(args))
+    return load_model(args.model, **_speed(args))
+
+
+def _ray_options(args, update) -> dict:
+    return {"workers": args.workers, "address": args.address, "shard_dir": args.shards, "load_kwargs": _speed(args),
+            "progress": update}
+
+
+def _no_captions_on_ray(args, modes) -> None:
+    if args.engine == "ray" and any(mode == "caption" for mode, _ in modes):
+        raise SimaError("The Ray engine scores a conditional model with the empty condition only; drop "
+                        "--captions/--labels (or give --condition empty), or run without --engine ray.")
 
 
 def conditions(args, model, sources: Sequence[str]) -> list[tuple[str | None, object]]:
@@ -127,6 +153,23 @@ def _audit_sets(args):
     return streams
 
 
+def _audit_on_ray(args, model, attacks, timesteps) -> list:
+    from core import distributed
+
+    if args.dataset is not None or args.split is not None:
+        raise SimaError("The Ray engine reads --members and --nonmembers sources; --dataset/--split run without --engine ray.")
+
+    update, close = _progress("chunks", args.quiet)
+    try:
+        return distributed.run_audit(
+            args.model, args.members, args.nonmembers, attacks=attacks, timesteps=timesteps, select=args.select,
+            seed=args.seed, batch_size=args.batch_size, n_bootstrap=args.bootstrap, warn=_skipped, local_model=model,
+            **_ray_options(args, update),
+        )
+    finally:
+        close()
+
+
 def cmd_audit(args) -> int:
     from core.attacks import parse_attacks
     from core.audit import parse_timesteps, run_audit
@@ -140,6 +183,10 @@ def cmd_audit(args) -> int:
     runs = [(mode, table, attack) for mode, table in modes for attack in attacks
             if not (len(modes) > 1 and mode == "empty" and attack.needs_condition)]
     results = []
+    _no_captions_on_ray(args, modes)
+    if args.engine == "ray":
+        results = _audit_on_ray(args, model, attacks, timesteps)
+        runs = []  # all swept in that one Ray run, which reads each image once for every attack
     for mode, table, attack in runs:
         by_ids = None if table is None else table.for_ids
         update, close = _progress(f"{attack.name} sweep" + (f" ({mode})" if mode else ""), args.quiet)
@@ -175,9 +222,19 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def _calibration(args, model):
+    """Where `sima score` takes t from. Only 'demo' needs to know which held-out images chose t
+    (they are never in its reference); a reference of files is used as given."""
+    from core.scoring import Calibration, calibrate
+
+    if args.reference == "demo":
+        return calibrate(model, attack=args.attack, t=args.t, seed=args.seed, cache=_cache(args))
+    return Calibration(args.attack, args.t, None, "given")
+
+
 def cmd_score(args) -> int:
     from core.attacks import get_attack
-    from core.scoring import Calibration, calibrate, score_images
+    from core.scoring import score_images
     from core.sets import load_files, reference_set
 
     if args.fdr is not None and not args.reference:
@@ -193,18 +250,19 @@ def cmd_score(args) -> int:
         _skipped(problem)
         problems.append(problem)
 
-    images, ids = load_files(args.images, model, on_problem=skipped)
-    reference, reference_ids = None, []
-    if args.reference:
-        # Only 'demo' needs to know which held-out images chose t; files are used as given.
-        calibration = (calibrate(model, attack=args.attack, t=args.t, seed=args.seed, cache=_cache(args))
-                       if args.reference == "demo" else Calibration(args.attack, args.t, None, "given"))
-        reference, reference_ids = reference_set(args.reference, model, calibration, on_problem=_skipped)
-    records = score_images(
-        model, images, ids, attack=get_attack(args.attack), t=args.t, reference=reference, fpr=args.fpr, fdr=args.fdr,
-        seed=args.seed, batch_size=args.batch_size, cache=_cache(args), cond=set_condition(table, ids),
-        reference_cond=set_condition(table, reference_ids) if reference is not None else None,
-    )
+    _no_captions_on_ray(args, modes)
+    if args.engine == "ray":
+        records, reference = _score_on_ray(args, model, skipped)
+    else:
+        images, ids = load_files(args.images, model, on_problem=skipped)
+        reference, reference_ids = None, []
+        if args.reference:
+            reference, reference_ids = reference_set(args.reference, model, _calibration(args, model), on_problem=_skipped)
+        records = score_images(
+            model, images, ids, attack=get_attack(args.attack), t=args.t, reference=reference, fpr=args.fpr, fdr=args.fdr,
+            seed=args.seed, batch_size=args.batch_size, cache=_cache(args), cond=set_condition(table, ids),
+            reference_cond=set_condition(table, reference_ids) if reference is not None else None,
+        )
     if args.json:
         print(json.dumps([r.to_dict() for r in records], indent=2))
     else:
@@ -243,18 +301,89 @@ def cmd_collection(args) -> int:
         _skipped(problem)
         problems.append(problem)
 
-    images, _ = load_files(args.images, model, on_problem=skipped)
-    reference, reference_ids = reference_set(args.reference, model, calibration, on_problem=_skipped)
-    result = check_collection(
-        model, images, reference, reference_ids, calibration=calibration, alpha=args.alpha,
-        n_bootstrap=args.bootstrap, seed=args.seed, batch_size=args.batch_size, cache=_cache(args),
-    )
+    if args.engine == "ray":
+        result = _collection_on_ray(args, model, calibration, skipped)
+    else:
+        images, _ = load_files(args.images, model, on_problem=skipped)
+        reference, reference_ids = reference_set(args.reference, model, calibration, on_problem=_skipped)
+        result = check_collection(
+            model, images, reference, reference_ids, calibration=calibration, alpha=args.alpha,
+            n_bootstrap=args.bootstrap, seed=args.seed, batch_size=args.batch_size, cache=_cache(args),
+        )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(model.info().describe())
         print(result.summary())
     return EXIT_USER_ERROR if problems else 0
+
+
+def _sweep_on_ray(args, model, attack, t: int, skipped, calibration):
+    """The images and the reference of `sima score` / `sima collection`, swept by Ray workers:
+    (image ids, statistics, digests) and (reference statistics, digests, ids)."""
+    import numpy as np
+
+    from core import distributed
+    from core.errors import ImageError
+
+    sets = [("images", spec) for spec in args.images] + ([("heldout", args.reference)] if args.reference else [])
+    update, close = _progress(f"{attack.name} chunks", args.quiet)
+    try:
+        swept = distributed.sweep_sets(args.model, sets, attacks=[attack], timesteps=[t], seed=args.seed,
+                                       batch_size=args.batch_size, local_model=model, **_ray_options(args, update))[0]
+    finally:
+        close()
+    images = swept[:len(args.images)]
+    problems = [p for r in images for p in r.errors]
+    for problem in problems:
+        skipped(problem)
+    ids = [i for r in images for i in r.ids]
+    if not ids:
+        raise ImageError(f"No images could be loaded: {'; '.join(p.message for p in problems[:3])}.")
+    stats = np.concatenate([r.statistics[:, 0] for r in images])
+    found = (ids, stats, [d for r in images for d in r.digests])
+    if not args.reference:
+        return found, None
+    ref = swept[-1]
+    # as core.sets.reference_set: 'demo' leaves out the held-out images that chose t
+    excluded = set(calibration.selection_ids) if args.reference == "demo" else set()
+    keep = [i for i, image_id in enumerate(ref.ids) if image_id not in excluded]
+    if not keep:
+        raise ImageError(f"No reference images could be loaded from {args.reference}.")
+    return found, (ref.statistics[keep, 0], [ref.digests[i] for i in keep], [ref.ids[i] for i in keep])
+
+
+def _score_on_ray(args, model, skipped):
+    """`sima score --engine ray`: records, and the reference statistics (None without one)."""
+    from core.attacks import get_attack
+    from core.scoring import records_from_statistics
+
+    attack = get_attack(args.attack)
+    calibration = _calibration(args, model) if args.reference else None
+    (ids, stats, digests), reference = _sweep_on_ray(args, model, attack, args.t, skipped, calibration)
+    if reference is None:
+        return records_from_statistics(ids, stats, attack=attack, t=args.t), None
+    ref_stats, ref_digests, _ = reference
+    records = records_from_statistics(
+        ids, stats, attack=attack, t=args.t, reference=ref_stats, fpr=args.fpr, fdr=args.fdr, digests=digests,
+        reference_digests=ref_digests,
+    )
+    return records, ref_stats
+
+
+def _collection_on_ray(args, model, calibration, skipped):
+    """`sima collection --engine ray`: the collection test of statistics swept by Ray workers."""
+    from core.attacks import get_attack
+    from core.collection import collection_from_statistics
+    from core.scoring import overlap_free
+
+    (_, stats, digests), (ref_stats, ref_digests, _) = _sweep_on_ray(
+        args, model, get_attack(calibration.attack), calibration.t, skipped, calibration)
+    keep = overlap_free(ref_digests, digests)
+    return collection_from_statistics(
+        stats, ref_stats[keep], calibration=calibration, alpha=args.alpha, n_bootstrap=args.bootstrap, seed=args.seed,
+        overlap=len(ref_digests) - len(keep),
+    )
 
 
 def cmd_train(args) -> int:
@@ -325,6 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "--captions/--labels is given, else empty")
         p.add_argument("--lora", help="LoRA adapter on a Stable Diffusion / SDXL model: a .safetensors file, its folder, or a hub id")
         p.add_argument("--lora-scale", type=float, default=1.0, help="LoRA adapter weight (default 1.0)")
+        speed = p.add_argument_group("large runs (GPU, Ray)")
+        speed.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                           help="autocast precision of the network's forward pass (default fp32; fp16 needs a GPU)")
+        speed.add_argument("--compile", action="store_true", help="torch.compile the network (pays off on long GPU runs)")
+        speed.add_argument("--channels-last", action="store_true", help="channels-last layout for a latent model's UNet (pixel models use it already)")
+        speed.add_argument("--engine", default="local", choices=["local", "ray"],
+                           help="'ray': score on a Ray cluster with Ray Data (pip install -e '.[ray]'); default: this process")
+        speed.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else a local Ray on this machine)")
+        speed.add_argument("--workers", type=int, default=1, help="Ray workers, each with one model copy (one GPU each with --device cuda)")
+        speed.add_argument("--shards", help="folder or fsspec URL for the Ray engine's per-chunk Parquet statistics, "
+                           "shared by every worker (default: under the score cache); a rerun skips the chunks done")
 
     audit = sub.add_parser("audit", help="score members and non-members, choose t on one half, report on the other")
     common(audit)

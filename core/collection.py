@@ -352,12 +352,28 @@ def check_collection(
     reference, reference_ids, overlap = without_overlap(reference, reference_ids, images)
     attack = get_attack(calibration.attack)
 
-    def scores(batch):
-        stats = statistics_at(model, batch, attack, calibration.t, seed=seed, batch_size=batch_size, cache=cache)
-        return metrics.membership_scores(stats.numpy(), attack.member_when)
+    def stats(batch):
+        return statistics_at(model, batch, attack, calibration.t, seed=seed, batch_size=batch_size, cache=cache).numpy()
 
+    return collection_from_statistics(
+        stats(images), stats(reference), calibration=calibration, alpha=alpha, n_bootstrap=n_bootstrap, seed=seed,
+        overlap=overlap,
+    )
+
+
+def collection_from_statistics(
+    image_stats, reference_stats, *, calibration, alpha: float = DEFAULT_ALPHA, n_bootstrap: int = N_BOOTSTRAP,
+    seed: int = 0, overlap: int = 0,
+) -> CollectionResult:
+    """The collection test of raw statistics at the attack and t of ``calibration``, however they
+    were computed (here, or by the Ray engine); ``overlap`` counts reference images left out
+    because they are also in the collection."""
+    from core.attacks import get_attack
+
+    member_when = get_attack(calibration.attack).member_when
     return collection_test(
-        scores(images), scores(reference), alpha=alpha, per_image_auc=calibration.per_image_auc,
-        n_bootstrap=n_bootstrap, seed=seed, t=calibration.t, attack=calibration.attack,
-        calibration=calibration.source, overlap=overlap,
+        metrics.membership_scores(statistic=np.asarray(image_stats), member_when=member_when),
+        metrics.membership_scores(statistic=np.asarray(reference_stats), member_when=member_when), alpha=alpha,
+        per_image_auc=calibration.per_image_auc, n_bootstrap=n_bootstrap, seed=seed, t=calibration.t,
+        attack=calibration.attack, calibration=calibration.source, overlap=overlap,
     )

@@ -99,6 +99,7 @@ def load_images(
     max_files: int | None = None,
     max_archive_bytes: int = MAX_ARCHIVE_BYTES,
     progress: Progress | None = None,
+    first_file: int = 0,
 ) -> LoadedImages:
     """Load every image from a folder, zip, .npz, image path, or a list of these, by ``POLICY``.
 
@@ -106,13 +107,14 @@ def load_images(
     objects (with ``.name`` and ``.read()``); names ending in .zip or .npz are unpacked.
     The good images are returned; the bad ones (and unusable archives) are in ``errors``.
     ``max_files`` keeps only the first files in order (``skipped`` counts the rest);
+    ``first_file`` starts that many files into the listing (see ``iter_images``);
     ``progress(done, total)`` is called after each file. Raises ImageError only when a
     single path given as ``sources`` does not exist.
     """
     c, h, w = target_shape(channels, size)
     batches = list(iter_images(
         sources, channels=channels, size=size, max_pixels=max_pixels, max_files=max_files,
-        max_archive_bytes=max_archive_bytes, progress=progress,
+        max_archive_bytes=max_archive_bytes, progress=progress, first_file=first_file,
     ))
     return LoadedImages(
         images=torch.cat([b.images for b in batches]) if batches else stack_images([], c, h, w),
@@ -133,12 +135,16 @@ def iter_images(
     max_files: int | None = None,
     max_archive_bytes: int = MAX_ARCHIVE_BYTES,
     progress: Progress | None = None,
+    first_file: int = 0,
 ) -> Iterator[LoadedImages]:
     """``load_images`` one batch of ``batch_files`` files at a time, so memory holds one batch.
 
     Listing problems (a missing path in a list, an unusable archive) come with the first
     batch; each batch carries the errors of its own files. An .npz counts as one file and is
-    read whole. ``batch_files=None`` reads everything as one batch.
+    read whole. ``batch_files=None`` reads everything as one batch. ``first_file`` skips that
+    many files of the listing (and its listing problems, which belong to the first file), so
+    that a worker can read files ``[first_file, first_file + max_files)`` of a large source on
+    its own and get exactly the batch a single reader gets there.
     """
     c, h, w = target_shape(channels, size)
     if isinstance(sources, (str, os.PathLike)) and not Path(sources).exists():
@@ -148,6 +154,8 @@ def iter_images(
     with contextlib.ExitStack() as stack:
         errors: list[ImageProblem] = []
         items = _expand_all(_as_list(sources), stack, max_archive_bytes, errors)
+        if first_file:
+            items, errors = items[first_file:], []
         skipped = 0
         if max_files is not None and len(items) > max_files:
             skipped = len(items) - max_files

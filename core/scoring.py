@@ -255,11 +255,17 @@ def without_overlap(
     """The reference less every image whose content is also among ``images``, and how many left."""
     from core.hashing import row_digests
 
-    query = set(row_digests(images))
-    keep = [i for i, d in enumerate(row_digests(reference)) if d not in query]
+    keep = overlap_free(row_digests(reference), row_digests(images))
+    return reference[keep], [reference_ids[i] for i in keep], len(reference_ids) - len(keep)
+
+
+def overlap_free(reference_digests: Sequence[str], image_digests: Sequence[str]) -> list[int]:
+    """Indices of the reference images whose content digest is not among the images' digests."""
+    query = set(image_digests)
+    keep = [i for i, d in enumerate(reference_digests) if d not in query]
     if not keep:
         raise DataError("Every reference image is also among the images checked; give other known non-members.")
-    return reference[keep], [reference_ids[i] for i in keep], len(reference_ids) - len(keep)
+    return keep
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -318,16 +324,33 @@ def score_images(
     from core.hashing import row_digests
 
     stats = statistics_at(model, images, attack, t, seed=seed, batch_size=batch_size, cache=cache, cond=cond).numpy()
-    scores = metrics.membership_scores(stats, attack.member_when)
+    ref_stats = None
+    if reference is not None:
+        ref_stats = statistics_at(
+            model, reference, attack, t, seed=seed, batch_size=batch_size, cache=cache, cond=reference_cond,
+        ).numpy()
+    return records_from_statistics(
+        ids, stats, attack=attack, t=t, reference=ref_stats, fpr=fpr, fdr=fdr, digests=row_digests(images),
+        reference_digests=None if reference is None else row_digests(reference),
+    )
+
+
+def records_from_statistics(
+    ids: Sequence[str], stats: np.ndarray, *, attack: Attack, t: int, reference: np.ndarray | None = None,
+    fpr: float = 0.01, fdr: float | None = None, digests: Sequence[str] | None = None,
+    reference_digests: Sequence[str] | None = None,
+) -> list[ScoreRecord]:
+    """Records of raw statistics at t, however they were computed (in this process or by Ray
+    workers). ``reference`` holds the statistics of known non-members, which give each image a
+    p-value and a verdict (see :func:`image_verdicts`; the content digests leave an image out
+    of its own reference)."""
+    scores = metrics.membership_scores(statistic=stats, member_when=attack.member_when)
     records = [ScoreRecord(str(i), int(t), float(s), float(m)) for i, s, m in zip(ids, stats, scores)]
     if reference is None:
         return records
-    ref_stats = statistics_at(
-        model, reference, attack, t, seed=seed, batch_size=batch_size, cache=cache, cond=reference_cond,
-    ).numpy()
     verdicts = image_verdicts(
-        scores, metrics.membership_scores(ref_stats, attack.member_when), alpha=fpr, fdr=fdr,
-        digests=row_digests(images), reference_digests=row_digests(reference),
+        scores, metrics.membership_scores(statistic=reference, member_when=attack.member_when), alpha=fpr, fdr=fdr,
+        digests=digests, reference_digests=reference_digests,
     )
     for record, v in zip(records, verdicts):
         record.p_value, record.verdict, record.explanation, record.adjusted_p = v.p_value, v.words, v.sentence, v.adjusted_p

@@ -1,4 +1,5 @@
-"""Image sets as a user names them ('demo', a folder, zip, npz or image files), loaded for a model.
+"""Image sets as a user names them ('demo', a folder, zip, npz, image files, or Parquet / tar
+shards), loaded for a model.
 
 The command line and the Python API resolve a set the same way: 'demo' is a bundled model's
 own split; anything else goes through ``core.data`` at the model's image size. Files that
@@ -51,16 +52,21 @@ def stream_set(spec: str, model, which: str, *, on_problem: OnProblem | None = N
         return
     from core.audit import CHUNK_IMAGES
     from core.data import iter_images
+    from core.shards import is_shard_source, iter_units
 
     c, h, w = model.image_shape
     count = 0
-    for batch in iter_images(spec, channels=c, size=(h, w), batch_files=CHUNK_IMAGES):
+    if is_shard_source(spec):
+        chunks = iter_units(spec, channels=c, size=(h, w), chunk=CHUNK_IMAGES)
+    else:
+        chunks = iter_images(spec, channels=c, size=(h, w), batch_files=CHUNK_IMAGES)
+    for batch in chunks:
         _report(batch.errors, on_problem)
         count += len(batch)
         if len(batch):
             yield batch.images, batch.ids
     if count == 0:
-        raise ImageError(f"No images could be loaded from {spec}; give a folder, zip or npz of images.")
+        raise ImageError(f"No images could be loaded from {spec}; give a folder, zip or npz of images, or Parquet or tar shards.")
 
 
 def load_files(sources: Sequence[str], model, *, on_problem: OnProblem | None = None) -> tuple[torch.Tensor, list[str]]:

@@ -200,7 +200,7 @@ class Attack(abc.ABC):
         out = torch.zeros(n, len(grid), dtype=torch.float64)
         todo = torch.ones(n, len(grid), dtype=torch.bool)
         if cache is not None:
-            cache_model, cache_attack = model.fingerprint, attack_key(self, seed, str(model.device))
+            cache_model, cache_attack = model.fingerprint, attack_key(self, seed, model.numerics)
             found = cache.get(cache_model, cache_attack, stored_keys, stored_t)
             if found:
                 # Filled through numpy views: element-wise tensor indexing would cost more than the lookup.

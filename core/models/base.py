@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from core.conditioning import Conditioning
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+#: Autocast precisions of the network's forward pass; fp32 means no autocast.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def to_eps(output: torch.Tensor, x: torch.Tensor, abar: torch.Tensor, prediction_type: str) -> torch.Tensor:
@@ -98,6 +100,10 @@ class DiffusionModel(abc.ABC):
     sample_shape: tuple[int, int, int]
     manifest: dict | None = None
     device: torch.device = torch.device("cpu")
+    precision: str = "fp32"
+    compiled: bool = False
+    #: "channels_last" when accelerate() changed the network's layout from the adapter's default.
+    layout: str = ""
 
     @property
     def is_latent(self) -> bool:
@@ -193,9 +199,13 @@ class DiffusionModel(abc.ABC):
             )
         t = self.timesteps(t, x.shape[0])
         cond = resolve(self, cond, x.shape[0])
+        half = PRECISIONS[self.precision]
         with torch.inference_mode():
             args = () if cond is None else (cond.to(self.device),)
-            out = self._raw(x.to(self.device), t.to(self.device), *args)
+            with torch.autocast(self.device.type, dtype=half, enabled=half is not None):
+                out = self._raw(x.to(self.device), t.to(self.device), *args)
+            if half is not None:
+                out = out.float()
             eps = to_eps(out, x.to(self.device), self.abar(t), self.prediction_type)
         if not torch.isfinite(eps).all():
             raise ModelError(
@@ -203,6 +213,37 @@ class DiffusionModel(abc.ABC):
                 "it may need a different precision or device."
             )
         return eps
+
+    def accelerate(self, *, precision: str = "fp32", compile: bool = False, channels_last: bool = False) -> "DiffusionModel":
+        """Speed settings for large runs: the network's forward pass under bf16 or fp16 autocast
+        (the autoencoder and every statistic stay in fp32), ``torch.compile`` of the network, and
+        the channels-last memory layout for a network that does not use it already (pixel
+        models do by default; latent models only when asked).
+
+        Each changes the last digits of the statistics, so each is part of :attr:`numerics` and
+        of every cache key. Returns the model.
+        """
+        if precision not in PRECISIONS:
+            raise ModelError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+        if precision == "fp16" and self.device.type == "cpu":
+            raise ModelError("fp16 autocast needs a GPU (--device cuda); on a CPU use bf16 or fp32.")
+        self.precision = precision
+        network = getattr(self, "unet", None)
+        if channels_last and network is not None and not getattr(self, "channels_last", False):
+            network.to(memory_format=torch.channels_last)
+            self.channels_last = True
+            self.layout = "channels_last"
+        if compile and not self.compiled and network is not None:
+            _ = self.fingerprint  # compiled modules rename their weights; hash the originals first
+            self.unet = torch.compile(network)
+            self.compiled = True
+        return self
+
+    @property
+    def numerics(self) -> str:
+        """The device and arithmetic settings, which change the numbers (part of cache keys)."""
+        parts = [str(self.device), "" if self.precision == "fp32" else self.precision, self.layout, "compiled" if self.compiled else ""]
+        return "|".join(p for p in parts if p)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """[-1, 1] images (N, C, H, W) to model space; identity for pixel models."""

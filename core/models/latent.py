@@ -80,6 +80,7 @@ class LatentModel(DiffusionModel):
         name: str = "latent-model",
         manifest: dict | None = None,
         device: str | torch.device = "cpu",
+        channels_last: bool = False,
     ):
         kind = type(vae).__name__
         if kind not in AUTOENCODERS:
@@ -87,6 +88,10 @@ class LatentModel(DiffusionModel):
         check_latent_configs(dict(vae.config), dict(unet.config), "the autoencoder config", "the UNet config")
         self.vae = vae.eval().requires_grad_(False).to(device)
         self.unet = unet.eval().requires_grad_(False).to(device)
+        # Off by default so that latent statistics stay as they were; accelerate() turns it on.
+        self.channels_last = channels_last
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
         self.scaling_factor = _scaling(scaling_factor, "The scaling_factor given")
         self.shift_factor = _shift(vae.config)
         self.alphas_cumprod = alphas_cumprod.to(torch.float64).cpu()
@@ -137,6 +142,8 @@ class LatentModel(DiffusionModel):
         return cls.from_plan(cls.plan(folder, allow_pickle=allow_pickle), scaling_factor=scaling_factor, **kwargs)
 
     def _raw(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.unet(x, t).sample
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:

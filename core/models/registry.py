@@ -58,17 +58,20 @@ def resolve(spec: str | Path) -> tuple[Path, dict]:
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
-def load_model(spec: str | Path | DiffusionModel, *, device: str = "cpu", allow_pickle: bool = False,
-               lora: str | Path | None = None, lora_scale: float = 1.0, weights: str | None = None,
-               **kwargs) -> DiffusionModel:
+def load_model(
+    spec: str | Path | DiffusionModel, *, device: str = "cpu", allow_pickle: bool = False,
+    lora: str | Path | None = None, lora_scale: float = 1.0, weights: str | None = None,
+    precision: str = "fp32", compile: bool = False, channels_last: bool = False, **kwargs,
+) -> DiffusionModel:
     """A DiffusionModel from a bundled demo name, a local diffusers folder, a hub id, or a
     pytorch-ddpm ``ckpt.pt`` (the papers' checkpoints; ``weights`` "ema", the default, or "net").
 
     Pickle-based weights load only with ``allow_pickle=True``; remote code never runs; nothing
     is allocated before the folder has been checked (see core.models.loading).
     ``lora`` (a .safetensors file, a folder holding one, or a hub id) adds a LoRA adapter at
-    ``lora_scale`` to a Stable Diffusion / SDXL model. Extra keyword arguments go to the
-    adapter (e.g. ``scaling_factor`` for latent models).
+    ``lora_scale`` to a Stable Diffusion / SDXL model. ``precision``, ``compile`` and
+    ``channels_last`` are the speed settings of :meth:`DiffusionModel.accelerate`. Extra keyword
+    arguments go to the adapter (e.g. ``scaling_factor`` for latent models).
     """
     if lora is not None and str(lora).strip():
         kwargs.update(lora=lora, lora_scale=lora_scale)
@@ -81,11 +84,13 @@ def load_model(spec: str | Path | DiffusionModel, *, device: str = "cpu", allow_
         from core.models.pytorch_ddpm import load_checkpoint
 
         _drop_foreign(kwargs, "a pytorch-ddpm checkpoint", [k for k in kwargs if k != "name"])
-        return load_checkpoint(checkpoint, allow_pickle=allow_pickle, weights=weights or "ema", device=device, **kwargs)
+        model = load_checkpoint(checkpoint, allow_pickle=allow_pickle, weights=weights or "ema", device=device, **kwargs)
+        return model.accelerate(precision=precision, compile=compile, channels_last=channels_last)
     if weights is not None:
         raise ModelError(f"weights={weights!r} (--weights) applies to pytorch-ddpm ckpt.pt files only, not to {spec}.")
     folder, extra = resolve(spec)
-    return load_folder(folder, device=device, allow_pickle=allow_pickle, **{**extra, **kwargs})
+    model = load_folder(folder, device=device, allow_pickle=allow_pickle, **{**extra, **kwargs})
+    return model.accelerate(precision=precision, compile=compile, channels_last=channels_last)
 
 
 def plan_model(spec: str | Path, *, allow_pickle: bool = False) -> loading.ModelPlan | None:
