@@ -264,7 +264,10 @@ def test_a_changed_caption_is_recomputed_and_the_noise_is_keyed_by_the_image(fol
     changed = image_statistics(model, x, SimA(), [50], cond=["a cat", "a red dog"], cache=cache, batch_size=8)
     assert first[0, 0] == changed[0, 0] and first[1, 0] != changed[1, 0]
     fresh = image_statistics(model, x, SimA(), [50], cond=["a cat", "a red dog"], batch_size=8)
-    torch.testing.assert_close(changed, fresh, rtol=1e-6, atol=0)
+    # The recomputed pair ran in a smaller batch than the fresh run: float32 arithmetic may differ
+    # in the last bits, far below the change a new caption makes.
+    torch.testing.assert_close(changed, fresh, rtol=1e-5, atol=0)
+    assert abs(first[1, 0] - changed[1, 0]) > 1e-3 * abs(first[1, 0])
     # the loss attack draws the same noise for a caption and for the empty prompt
     z = model.encode(x)
     noise = keyed_noise(row_digests(x), torch.full((2,), 50), 1, z.shape[1:], 0)
