@@ -234,7 +234,7 @@ def _calibration(args, model):
 
 def cmd_score(args) -> int:
     from core.attacks import get_attack
-    from core.scoring import score_images
+    from core.scoring import CANNOT_JUDGE, score_images
     from core.sets import load_files, reference_set
 
     if args.fdr is not None and not args.reference:
@@ -273,10 +273,14 @@ def cmd_score(args) -> int:
                 if r.adjusted_p is not None:
                     line += f"\tBH-adjusted p={r.adjusted_p:.4f}"
                 line += f"\t{r.verdict}"
+            if r.verdict == CANNOT_JUDGE:
+                line += f"\t({r.explanation})"
             print(line)
         if reference is not None:
             rate = f"false discovery rate {args.fdr}" if args.fdr is not None else f"FPR {args.fpr}"
-            print(f"\nVerdicts at {rate} against {len(reference)} reference non-members. {records[0].explanation}")
+            judged = [r for r in records if r.verdict != CANNOT_JUDGE]
+            print(f"\nVerdicts at {rate} against {len(reference)} reference non-members."
+                  + (f" {judged[0].explanation}" if judged else ""))
     return EXIT_USER_ERROR if problems else 0
 
 

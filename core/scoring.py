@@ -6,6 +6,9 @@ non-members, never including the held-out images that chose t, never including t
 itself), and Benjamini-Hochberg control of the false discovery rate over a batch. It also
 says where t and the attack come from (:func:`calibrate`): a model card's audit, or a
 calibration audit on the model's own split, never the images being judged.
+
+With a reference, each image is also checked for being out of the model's domain
+(:mod:`core.domain`); an image the model cannot judge gets "cannot judge" instead of a verdict.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ from core.attacks.base import Attack
 from core.audit import DEFAULT_TIMESTEPS, image_statistics, split_halves
 from core.cache import ScoreCache
 from core.conditioning import Conditioning
+from core.domain import DomainReference
 from core.errors import DataError, SimaError
 from core.models.base import DiffusionModel
 
 #: The words of a per-image verdict, the same in the CLI and the app.
 LIKELY, NOT_FLAGGED, CANNOT_DECIDE = "likely member", "not flagged", "cannot decide"
-VERDICT_WORDS = (LIKELY, NOT_FLAGGED, CANNOT_DECIDE)
+#: ... and of an image outside the model's domain (core.domain): no verdict at all.
+CANNOT_JUDGE = "cannot judge"
+VERDICT_WORDS = (LIKELY, NOT_FLAGGED, CANNOT_DECIDE, CANNOT_JUDGE)
 
 
 # ----------------------------------------------------------------------------- verdicts
@@ -273,7 +279,11 @@ def overlap_free(reference_digests: Sequence[str], image_digests: Sequence[str])
 
 @dataclass
 class ScoreRecord:
-    """One image's result. ``p_value`` and ``verdict`` need a reference set of non-members."""
+    """One image's result. ``p_value`` and ``verdict`` need a reference set of non-members.
+
+    ``verdict`` is "likely member", "not flagged" or "cannot judge" (out of the model's domain:
+    the p-value is then no evidence either way, and ``explanation`` says why).
+    """
 
     file: str
     t: int
@@ -329,10 +339,13 @@ def score_images(
         ref_stats = statistics_at(
             model, reference, attack, t, seed=seed, batch_size=batch_size, cache=cache, cond=reference_cond,
         ).numpy()
-    return records_from_statistics(
+    records = records_from_statistics(
         ids, stats, attack=attack, t=t, reference=ref_stats, fpr=fpr, fdr=fdr, digests=row_digests(images),
         reference_digests=None if reference is None else row_digests(reference),
     )
+    if reference is not None:
+        mark_out_of_domain(records, images, reference, stats, ref_stats, attack.member_when)
+    return records
 
 
 def records_from_statistics(
@@ -355,3 +368,17 @@ def records_from_statistics(
     for record, v in zip(records, verdicts):
         record.p_value, record.verdict, record.explanation, record.adjusted_p = v.p_value, v.words, v.sentence, v.adjusted_p
     return records
+
+
+def mark_out_of_domain(
+    records: Sequence[ScoreRecord], images: torch.Tensor, reference: torch.Tensor, stats: np.ndarray,
+    reference_stats: np.ndarray, member_when: str,
+) -> None:
+    """Replace the verdict of every image the model cannot judge (:mod:`core.domain`: unlike the
+    reference images, or a statistic far outside theirs) by CANNOT_JUDGE, with the reason."""
+    fitted = DomainReference.fit(reference)
+    if fitted is None:
+        return
+    for record, domain in zip(records, fitted.check(images, stats, reference_stats, member_when)):
+        if not domain.judgeable:
+            record.verdict, record.explanation = CANNOT_JUDGE, domain.sentence()

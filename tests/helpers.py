@@ -41,3 +41,25 @@ def ddpm_abar(steps: int = 1000, start: float = 1e-4, end: float = 0.02) -> torc
     """The linear-beta DDPM schedule written out directly, independent of diffusers."""
     betas = torch.linspace(start, end, steps, dtype=torch.float64)
     return torch.cumprod(1 - betas, 0)
+
+
+def out_of_domain_files() -> list[tuple[str, bytes]]:
+    """Images a 16x16 greyscale digits model cannot judge, as (name, bytes) uploads: a 256x256
+    colour photo, an 8x8 colour thumbnail and a 2000x1500 JPEG (scikit-learn's sample photos)."""
+    import io
+
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    def encoded(picture: Image.Image, fmt: str) -> bytes:
+        buffer = io.BytesIO()
+        picture.save(buffer, format=fmt)
+        return buffer.getvalue()
+
+    china = Image.fromarray(load_sample_image("china.jpg"))
+    flower = Image.fromarray(load_sample_image("flower.jpg"))
+    return [
+        ("photo-256.png", encoded(china.crop((200, 100, 456, 356)), "PNG")),
+        ("thumbnail-8.png", encoded(flower.resize((8, 8), Image.LANCZOS), "PNG")),
+        ("photo-2000x1500.jpg", encoded(flower.resize((2000, 1500), Image.BICUBIC), "JPEG")),
+    ]

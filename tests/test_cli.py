@@ -56,6 +56,25 @@ def test_score_with_reference_gives_p_values_and_verdicts(tiny_model_dir, image_
         assert 1 / 9 <= r["p_value"] <= 1 and r["verdict"] in ("likely member", "not flagged")
 
 
+def test_score_says_the_model_cannot_judge_images_outside_its_domain(tmp_path, capsys):
+    from core.datasets import digits_split, digits_uint8
+    from tests.helpers import out_of_domain_files
+
+    paths = []
+    for name, data in out_of_domain_files():
+        (tmp_path / name).write_bytes(data)
+        paths.append(str(tmp_path / name))
+    digit = tmp_path / "heldout-digit.png"  # one of the reference images: judged as usual
+    Image.fromarray(digits_uint8(16)[int(digits_split().heldout_ids[0].split("-")[-1])]).save(digit)
+    rc = main(["score", "--model", "digits-empirical", "--t", "50", "--reference", "demo", "--json", *paths, str(digit)])
+    assert rc == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["verdict"] for r in records] == ["cannot judge"] * 3 + ["not flagged"]
+    assert all(r["explanation"].startswith("This model cannot judge this image") for r in records[:3])
+    main(["score", "--model", "digits-empirical", "--t", "50", "--reference", "demo", paths[0]])
+    assert "cannot judge\t(This model cannot judge this image: " in capsys.readouterr().out
+
+
 def test_bad_file_scores_the_good_ones_and_exits_2(tiny_model_dir, image_sets, capsys):
     (image_sets / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     rc = main(["score", "--model", str(tiny_model_dir), "--json", str(image_sets / "img0.png"), str(image_sets / "broken.png")])
