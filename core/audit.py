@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -350,6 +351,38 @@ def image_statistics(
         model, encode_batched(model, images), timesteps, seed=seed, keys=row_digests(images),
         batch_size=batch_size, progress=progress, cache=cache, cond=cond,
     )
+
+
+def estimate_seconds(
+    model: DiffusionModel, attack: Attack, images: torch.Tensor, timesteps: Sequence[int], *, seed: int = 0,
+    repeats: int = 2,
+) -> float:
+    """Seconds a sweep of ``images`` over ``timesteps`` will take here, timed on one batch.
+
+    The sample is the images that fill one batch of the sweep as it will run (the calibrated
+    batch size; for attacks that share work across t, that many whole images), so each model
+    call sees the batch it will see in the real run. One warm-up call, then the mean of
+    ``repeats`` timed sweeps of the sample, scaled to the whole set. No cache is used.
+    """
+    from core.batching import best_settings
+
+    steps = sorted({int(t) for t in timesteps})
+    if len(images) == 0 or not steps:
+        return 0.0
+    batch = best_settings(model)[0]
+    if attack.shares_work_across_t:
+        m = batch
+    else:
+        pairs_per_batch = max(1, batch // max(attack.queries_per_sample(t) for t in steps))
+        m = math.ceil(pairs_per_batch / (len(steps) if attack.uses_timestep else 1))
+    sample = images[:max(1, min(m, len(images)))]
+    image_statistics(model, sample[:1], attack, steps[:1], seed=seed)  # the first calls allocate
+    elapsed = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        image_statistics(model, sample, attack, steps, seed=seed)
+        elapsed += time.perf_counter() - start
+    return elapsed / repeats * len(images) / len(sample)
 
 
 #: Images swept together when a set is streamed: enough (sample, t) pairs to fill any batch,

@@ -165,8 +165,8 @@ def _open(source: Source, name: str, max_pixels: int):
         if width * height > max_pixels:
             raise ImageError(
                 f"{name}: {width}x{height} = {width * height:,} pixels is more than the limit of "
-                f"{max_pixels:,} (a possible decompression bomb); shrink the image, or raise "
-                "max_pixels if you trust it."
+                f"{max_pixels:,} (a possible decompression bomb); shrink it (the model only sees "
+                "it at its own size) and add it again."
             )
         yield image
 

@@ -31,6 +31,10 @@ _BOOTSTRAP_CELLS = 2_000_000
 #: Bootstrap resamples behind every confidence interval, unless a caller asks otherwise.
 N_BOOTSTRAP = 1000
 
+#: Below this many members or non-members, a bootstrap interval says little (see
+#: :func:`small_sample_warning`).
+MIN_CI_SAMPLES = 25
+
 #: The two target FPRs every report carries (METHODS section 4).
 _REPORTED_FPRS = (0.01, 0.001)
 
@@ -431,6 +435,25 @@ def evaluate(
     )
 
 
+def small_sample_warning(n_members: int, n_nonmembers: int) -> str | None:
+    """A warning when either class has fewer than ``MIN_CI_SAMPLES`` samples, else None.
+
+    A bootstrap resamples the same few images, so on a small sample its interval is far too
+    narrow: every resample of a perfectly separated set is perfectly separated, and the
+    interval is [1, 1], although with random scores a perfect AUC happens with probability
+    1 / C(n_members + n_nonmembers, n_members) (every ordering of the scores equally likely).
+    """
+    if min(n_members, n_nonmembers) >= MIN_CI_SAMPLES:
+        return None
+    orderings = math.comb(n_members + n_nonmembers, n_members)
+    return (
+        f"Only {n_members} members and {n_nonmembers} non-members are measured: too few for these intervals to "
+        f"mean much. The bootstrap resamples the same few images, so its intervals come out far too narrow "
+        f"(with scores of pure chance, a perfect AUC on this many images happens once in {orderings:,}, and its "
+        f"interval would still read [1.000, 1.000]). Give at least {MIN_CI_SAMPLES} of each."
+    )
+
+
 # --------------------------------------------------------------------------- calibration
 
 
@@ -449,7 +472,7 @@ def p_values(scores: Any, reference_scores: Any) -> np.ndarray:
     """Empirical p-values (1 + #{reference >= s}) / (1 + n_reference) for membership scores.
 
     The reference holds membership scores of known non-members under the same model, attack
-    and t. A small p-value means few non-members score as high. Output has the shape of
+    and t. A small p-value means few non-members are at least as member-like. Output has the shape of
     ``scores``.
     """
     ref = _reference(reference_scores)
@@ -523,13 +546,13 @@ def verdict(score: float, reference_scores: Any, alpha: float) -> Verdict:
         )
     elif likely:
         sentence = (
-            f"Likely a member: only {at_or_above} of {n} reference non-members score as high "
+            f"Likely a member: only {at_or_above} of {n} reference non-members are at least as member-like "
             f"(p = {p:.3g} <= alpha = {alpha:g}), though about {_pct(alpha)} of true non-members would "
             f"be flagged this way, and {relative}."
         )
     else:
         sentence = (
-            f"Not flagged: {at_or_above} of {n} reference non-members score as high (p = {p:.3g} > "
+            f"Not flagged: {at_or_above} of {n} reference non-members are at least as member-like (p = {p:.3g} > "
             f"alpha = {alpha:g}), which does not prove the image was not used in training, and {relative}."
         )
     return Verdict(score, p, alpha, likely, n, achievable, sentence)

@@ -70,5 +70,8 @@ def parse_grid(text: str, num_train_timesteps: int) -> tuple[tuple[int, ...], st
     dropped = len(steps) - len(kept)
     note = None
     if dropped:
-        note = f"{dropped} timestep(s) outside 0..{num_train_timesteps - 1} were left out."
+        note = (
+            f"This model's timesteps run from 0 to {num_train_timesteps - 1}: {dropped} of the {len(steps)} "
+            f"timesteps asked for lie outside and were left out."
+        )
     return kept, note

@@ -69,3 +69,14 @@ def read_examples(folder: str | Path = EXAMPLES_DIR) -> list[Example]:
 def load_examples(chosen: Sequence[Example], image_shape: Sequence[int]) -> LoadedImages:
     """Bundled examples through the same loader as uploads."""
     return load_uploads([(e.name, e.path.read_bytes()) for e in chosen], image_shape)
+
+
+def typical_pair(names: Sequence[str], truths: Sequence[str | None], p_values: Sequence[float]) -> list[str]:
+    """One member and one held-out image, each with its group's median p-value: what the model
+    does to a typical member and a typical held-out image, not to a lucky or an unlucky one."""
+    picks = []
+    for label in ("member", "held-out"):
+        group = sorted((p, name) for name, truth, p in zip(names, truths, p_values) if truth == label)
+        if group:
+            picks.append(group[(len(group) - 1) // 2][1])
+    return picks

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from core.errors import DataError
@@ -53,4 +54,21 @@ def labelled_set(
     return LabelledSet(
         members, list(member_ids), nonmembers, list(nonmember_ids), key, source,
         tuple(row_digests(members)), tuple(row_digests(nonmembers)),
+    )
+
+
+def subset(data: LabelledSet, per_side: int, seed: int) -> LabelledSet:
+    """At most ``per_side`` members and ``per_side`` non-members of ``data``, drawn at random
+    (seeded) and kept in their order; ``data`` itself when it is no larger."""
+    if per_side >= max(len(data.member_ids), len(data.nonmember_ids)):
+        return data
+    rng = np.random.default_rng(seed)
+
+    def draw(n: int) -> list[int]:
+        return sorted(rng.choice(n, size=min(per_side, n), replace=False).tolist())
+
+    m, n = draw(len(data.member_ids)), draw(len(data.nonmember_ids))
+    return labelled_set(
+        data.members[m], [data.member_ids[i] for i in m], data.nonmembers[n], [data.nonmember_ids[i] for i in n],
+        f"{len(m)} members and {len(n)} non-members drawn at random from {data.source}",
     )

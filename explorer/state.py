@@ -10,8 +10,8 @@ persistent score cache, so a reopened app does not recompute them either.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,13 +19,14 @@ import streamlit as st
 import torch
 
 from core.attacks import get_attack
+from core.domain import DomainReference
 from core.errors import SimaError
 from core.hashing import tensor_digest
 from core.metrics import N_BOOTSTRAP
 from core.models.base import DiffusionModel
 from explorer import examples as bundled
 from explorer.choices import Choices
-from explorer.progress import progress_bar
+from explorer.progress import progress_bar, raise_if_stopped, stop_button
 from explorer.sets import LabelledSet, labelled_set
 
 #: Neighbours shown on the local-mean page.
@@ -86,23 +87,34 @@ def examples(folder: str = str(bundled.EXAMPLES_DIR)) -> list[bundled.Example]:
 # ----------------------------------------------------------------------------- sweeps
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def _estimate_seconds(
+    fingerprint: str, device: str, attack: str, params: str, grid: tuple[int, ...], seed: int, data_key: str,
+    _spec: str, _data: LabelledSet,
+) -> float:
+    from core.audit import estimate_seconds
+
+    with st.spinner(f"Timing one batch of {get_attack(attack).title}…"):
+        return estimate_seconds(get_model(_spec, device), get_attack(attack), _data.images(), list(grid), seed=seed)
+
+
+def estimate_seconds(choices: Choices, attack: str, data: LabelledSet) -> float:
+    """Seconds an audit of ``data`` with ``attack`` will take on this machine, timed on one batch."""
+    model = get_model(choices.spec, choices.device)
+    return _estimate_seconds(
+        model.fingerprint, choices.device, attack, attack_params(attack), tuple(choices.grid), choices.seed, data.key,
+        choices.spec, data,
+    )
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _forward_rate(fingerprint: str, device: str, _spec: str) -> float:
-    model = get_model(_spec, device)
-    x = torch.randn(64, *model.sample_shape, generator=torch.Generator().manual_seed(0))
-    t = torch.full((64,), model.num_train_timesteps // 10)
-    model.eps(x, t)  # the first call allocates
-    best = float("inf")
-    for _ in range(3):  # the best of three: other work on the machine only slows a run down
-        start = time.perf_counter()
-        model.eps(x, t)
-        best = min(best, time.perf_counter() - start)
-    return 64 / max(best, 1e-6)
+def _domain_reference(digest: str, _images: torch.Tensor) -> DomainReference | None:
+    return DomainReference.fit(_images)
 
 
-def forward_rate(choices: Choices) -> float:
-    """Model evaluations per second on this machine, from one timed batch (measured once)."""
-    return _forward_rate(get_model(choices.spec, choices.device).fingerprint, choices.device, choices.spec)
+def domain_reference(images: torch.Tensor) -> DomainReference | None:
+    """Reference images fitted for the out-of-domain check (core.domain), once per content."""
+    return _domain_reference(tensor_digest(images), images)
 
 
 @st.cache_resource(show_spinner=False)
@@ -142,21 +154,28 @@ def _audit(
 
 def audit(
     choices: Choices, data: LabelledSet, *, attack: str | None = None, spec: str | None = None,
-    n_bootstrap: int = N_BOOTSTRAP, persistent: bool = True, why: str = "",
+    n_bootstrap: int = N_BOOTSTRAP, persistent: bool = True, why: str = "", run: str | None = None,
 ):
     """The audit of ``data`` under the chosen (or given) model and attack, computed once.
 
     ``persistent=False`` skips the on-disk score cache, so that the wall time is a real
     measurement (the attack comparison reports it). ``why`` starts the progress bar's text;
-    it is not part of the cache key.
+    it is not part of the cache key. While it runs, a Stop button is shown; ``run`` names what
+    a press stops (default: this audit alone) and RunStopped is raised until it is resumed.
     """
     spec = spec or choices.spec
     name = attack or choices.attack
-    fingerprint = get_model(spec, choices.device).fingerprint
-    return _audit(
-        fingerprint, choices.device, name, attack_params(name), tuple(choices.grid), choices.seed,
-        data.key, n_bootstrap, persistent, spec, data, why,
-    )
+    model = get_model(spec, choices.device)
+    key = (model.fingerprint, choices.device, name, attack_params(name), tuple(choices.grid), choices.seed,
+           data.key, n_bootstrap, persistent)
+    run = run or hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+    what = f"scoring with {get_attack(name).title} on {model.name}"
+    raise_if_stopped(run, what[0].upper() + what[1:])
+    remove = stop_button(run, what)
+    try:
+        return _audit(*key, spec, data, why)
+    finally:
+        remove()
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

@@ -1,4 +1,5 @@
-"""Statistics of known images that images are judged against, and their answers (core.scoring's)."""
+"""Statistics of known images that images are judged against, and their answers (core.scoring's):
+p-values and verdicts, or that the model cannot judge an image (out of its domain, core.domain)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 
 from core import metrics
 from core.attacks import get_attack
+from core.domain import DomainCheck, DomainReference
 from core.hashing import row_digests
 from core.scoring import ImageVerdict, demo_reference, image_verdicts
 from explorer import state
@@ -28,9 +30,16 @@ class Reference:
     nonmember_digests: tuple[str, ...]
     source: str
     chosen_t: int | None = None
+    domain: DomainReference | None = None  # None: too few reference images to check the domain
 
     def column(self, t: int) -> int:
         return self.timesteps.index(t)
+
+    def domain_checks(self, images: torch.Tensor, statistics: np.ndarray, t: int) -> list[DomainCheck | None]:
+        """Whether the model can judge each image, from its features and its statistics at t."""
+        if self.domain is None:
+            return [None] * len(images)
+        return self.domain.check(images, statistics, self.nonmembers[:, self.column(t)], self.member_when)
 
 
 def reference_from_audit(result, data: LabelledSet) -> Reference:
@@ -44,7 +53,7 @@ def reference_from_audit(result, data: LabelledSet) -> Reference:
         nonmembers=result.statistics[report], members=result.statistics[result.labels == 1],
         nonmember_digests=tuple(d for d, k in zip(data.nonmember_digests, kept) if k),
         source=f"the model's {int(report.sum()):,} held-out images that did not choose t",
-        chosen_t=result.chosen_t,
+        chosen_t=result.chosen_t, domain=state.domain_reference(data.nonmembers[torch.from_numpy(kept)]),
     )
 
 
@@ -54,7 +63,7 @@ def reference_from_images(choices: Choices, nonmembers: torch.Tensor) -> Referen
     return Reference(
         timesteps=list(choices.grid), member_when=get_attack(choices.attack).member_when,
         nonmembers=stats, members=None, nonmember_digests=tuple(row_digests(nonmembers)),
-        source=f"your {len(nonmembers):,} uploaded non-members",
+        source=f"your {len(nonmembers):,} uploaded non-members", domain=state.domain_reference(nonmembers),
     )
 
 

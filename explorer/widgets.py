@@ -23,30 +23,17 @@ from explorer import reading, state
 from explorer.choices import (
     DEFAULT_MODEL, DEFAULT_SEED, Choices, default_grid, default_model, devices, parse_grid,
 )
+from explorer.progress import RunStopped, resume
 from explorer.sets import LabelledSet
 from explorer.uploads import MAX_UPLOAD_FILES
 
 CHOICES = "choices"
+PROBLEM = "choices_problem"
 SHARED_T = "shared_t"
 FOLDER = "A local model folder…"
 HUB = "A Hugging Face hub id…"
 #: Thumbnails are scaled up by whole factors with nearest-neighbour so pixels stay sharp.
 THUMB_PX = 112
-
-
-def app_icon() -> Image.Image:
-    """A magnifying glass over a pixel grid, drawn locally so the app fetches nothing."""
-    from PIL import ImageDraw
-
-    icon = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(icon)
-    for i in range(4):
-        for j in range(4):
-            shade = 60 + 45 * ((i + j) % 3)
-            draw.rectangle((6 + 9 * i, 6 + 9 * j, 13 + 9 * i, 13 + 9 * j), fill=(shade, shade, shade, 255))
-    draw.ellipse((22, 22, 50, 50), outline=(194, 65, 12, 255), width=6)
-    draw.line((46, 46, 60, 60), fill=(194, 65, 12, 255), width=8)
-    return icon
 
 
 # ----------------------------------------------------------------------------- errors
@@ -57,6 +44,10 @@ def user_errors() -> Iterator[None]:
     """Show a user-caused error as one line (st.error) and stop the page, never a traceback."""
     try:
         yield
+    except RunStopped as stopped:
+        st.warning(str(stopped))
+        st.button("Run it again", key=f"resume:{stopped.run}", on_click=resume, args=(stopped.run,), type="primary")
+        st.stop()
     except SimaError as error:
         st.error(str(error))
         st.stop()
@@ -132,8 +123,12 @@ def _describe(info, size: tuple[int, int] | None = None) -> str:
 
 
 def sidebar() -> Choices | None:
-    """Draw the shared choices and load the model; returns (and stores) the Choices or None."""
+    """Draw the shared choices and load the model; returns (and stores) the Choices or None.
+
+    When there are no Choices, ``PROBLEM`` holds what the pages should say instead.
+    """
     st.session_state[CHOICES] = None
+    st.session_state[PROBLEM] = "Choose a model in the sidebar to begin: the bundled demos work offline."
     with st.sidebar:
         spec = _model_spec()
         if not spec:
@@ -156,6 +151,7 @@ def sidebar() -> Choices | None:
         except SimaError as error:
             caption.empty()
             st.error(str(error))
+            st.session_state[PROBLEM] = f"The model could not be loaded: {error} Choose another in the sidebar."
             return None
         info = model.info()
         caption.caption(_describe(info, size))
@@ -175,8 +171,11 @@ def sidebar() -> Choices | None:
             grid, note = parse_grid(text, model.num_train_timesteps)
         except SimaError as error:
             st.error(str(error))
+            st.session_state[PROBLEM] = f"The timesteps in the sidebar cannot be used: {error}"
             return None
-        st.caption(f"{len(grid)} timestep{'s' if len(grid) > 1 else ''}, {grid[0]} to {grid[-1]}." + (f" {note}" if note else ""))
+        st.caption(f"{len(grid)} timestep{'s' if len(grid) > 1 else ''}, {grid[0]} to {grid[-1]}.")
+        if note:
+            st.warning(note)
         with st.expander("Advanced"):
             seed = st.number_input("Seed", min_value=0, value=DEFAULT_SEED, step=1, key="seed",
                                    help="Fixes the noise of random attacks, the selection/report split and the bootstrap.")
@@ -190,7 +189,7 @@ def require_choices() -> Choices:
     """The sidebar's choices, or a friendly stop when no model is loaded."""
     choices = st.session_state.get(CHOICES)
     if choices is None:
-        st.info("Choose a model in the sidebar to begin: the bundled demos work offline.")
+        st.info(st.session_state.get(PROBLEM) or "Choose a model in the sidebar to begin.")
         st.stop()
     return choices
 
@@ -198,19 +197,44 @@ def require_choices() -> Choices:
 # ----------------------------------------------------------------------------- timestep
 
 
-def timestep_slider(grid: Sequence[int], default: int, *, key: str, label: str = "Timestep t", help: str | None = None) -> int:
-    """A slider over the grid whose value is shared by every page (one current t per session)."""
+def timestep_slider(
+    grid: Sequence[int], chosen: int, *, key: str, choices: Choices, why: str, label: str = "Timestep t",
+    help: str | None = None, share: bool = False,
+) -> int:
+    """A slider over the grid that opens at ``chosen`` (the t a calibration chose, said ``why``).
+
+    The slider keeps the user's t only for the model, attack, seed and chosen t it was moved
+    for: another model, or a new calibration, opens at its own chosen t. Pages that teach (``share=True``) share one t
+    between them for the same choices; a page that gives verdicts never takes another page's t.
+    Whenever the t differs from ``chosen`` a button takes it back.
+    """
     grid = list(grid)
-    shared = st.session_state.get(SHARED_T, default)
-    if key not in st.session_state or st.session_state[key] not in grid:
-        st.session_state[key] = shared if shared in grid else min(grid, key=lambda t: abs(t - shared))
+    model = repr((choices.spec, choices.attack, choices.seed))
+    context = repr((model, chosen))  # a new calibration (another grid, say) opens at its own t
+    shared = st.session_state.get(SHARED_T, {}) if share else {}
+    if st.session_state.get(f"{key}__for") != context or st.session_state.get(key) not in grid:
+        start = shared.get(model, chosen)
+        st.session_state[key] = start if start in grid else min(grid, key=lambda t: abs(t - start))
+        st.session_state[f"{key}__for"] = context
     if len(grid) == 1:
         st.caption(f"{label}: {grid[0]} (the grid has one timestep)")
         value = grid[0]
     else:
         value = st.select_slider(label, options=grid, key=key, help=help)
-    st.session_state[SHARED_T] = value
+    if value == chosen:
+        st.caption(f"t = {chosen}: {why}.")
+    else:
+        note, back = st.columns([3, 1])
+        note.caption(f"t = {value}, moved by you; {why} is t = {chosen}.")
+        back.button(f"Back to t = {chosen}", key=f"{key}__back", on_click=_set, args=(key, chosen),
+                    help="Return to the t the calibration chose.")
+    if share:  # only a t the user chose travels to the other pages
+        st.session_state[SHARED_T] = {model: value} if value != chosen else {}
     return value
+
+
+def _set(key: str, value) -> None:
+    st.session_state[key] = value
 
 
 def forget_stale(key: str, n_options: int) -> None:
@@ -218,12 +242,6 @@ def forget_stale(key: str, n_options: int) -> None:
     value = st.session_state.get(key)
     if value is not None and not (isinstance(value, int) and 0 <= value < n_options):
         del st.session_state[key]
-
-
-def default_t(result) -> int:
-    """The t a page opens at: the one shared in this session, else the audit's chosen t."""
-    shared = st.session_state.get(SHARED_T)
-    return shared if shared in result.timesteps else result.chosen_t
 
 
 # ----------------------------------------------------------------------------- images

@@ -23,6 +23,7 @@ from core import demo_names
 from core.attacks import ATTACK_NAMES
 from explorer import reading, state, uploads, verdicts
 from explorer.choices import DEFAULT_MODEL, GRID_ENV, MODEL_ENV, PIXEL_VS_LATENT, Choices, parse_grid
+from tests.helpers import out_of_domain_files
 
 pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -104,6 +105,7 @@ def test_every_bundled_demo_works_on_every_page(monkeypatch, demo):
     at = start(monkeypatch, demo)
     at.file_uploader(key="check_uploads").set_value([(*demo_png("member"), "image/png")]).run()
     assert [m.label for m in at.metric][:2] == [reading.statistic_label("sima"), "p-value"], texts(at.error)
+    at.session_state["explorer_large_t"] = False  # one timestep per model keeps this test short
     for page in PAGES[1:]:
         at.switch_page(f"views/{page}.py").run()
         assert not at.exception, (page, [e.message for e in at.exception])
@@ -145,13 +147,17 @@ def test_a_model_that_cannot_load_gets_one_line_and_no_traceback(monkeypatch, tm
     at.sidebar.text_input(key="model_folder").set_value(str(tmp_path / "missing")).run()
     assert not at.exception
     assert len(at.sidebar.error) == 1 and "missing" in at.sidebar.error[0].value
-    assert "Choose a model" in texts(at.info)
+    assert "The model could not be loaded" in texts(at.info)
 
 
 def test_a_bad_grid_is_explained(monkeypatch):
     at = start(monkeypatch, FAST)
-    at.sidebar.text_input(key="grid").set_value("ten").run()
+    at.sidebar.text_input(key="grid").set_value("abc").run()
     assert not at.exception and "START:STOP:STEP" in at.sidebar.error[0].value
+    # the page says what is wrong, not "choose a model"
+    assert "The timesteps in the sidebar cannot be used" in texts(at.info) and "Choose a model" not in texts(at.info)
+    at.sidebar.text_input(key="grid").set_value("0:2000:500").run()
+    assert "run from 0 to 999: 3 of the 5 timesteps asked for lie outside" in texts(at.sidebar.warning)
 
 
 # ----------------------------------------------------------------------------- check an image
@@ -239,12 +245,52 @@ def test_slider_moves_the_marked_t_and_redraws_from_the_cache(monkeypatch):
     assert len(calls) == 1, "moving the slider recomputed the sweep"
     curve = chart(at, "explorer_curve")
     assert [d["name"] for d in curve["data"]] == ["AUC", "TPR@1%FPR", "t chosen on the selection half"]
-    assert curve["data"][0]["x"] == [5, 10, 50]
+    assert curve["data"][0]["x"] == [5, 10, 50, 300, 500, 700, 900]  # large t added, where the curves merge
     assert len(at.get("image")) == 2  # the two galleries
-    # The current t is shared: the check page opens at it.
+
+
+def test_a_verdict_uses_the_chosen_t_not_one_moved_on_another_page_or_model(monkeypatch, tiny_model_dir):
+    at = start(monkeypatch, FAST)
+    at.sidebar.text_input(key="grid").set_value("10,30,50").run()
+    at.switch_page("views/timesteps.py").run()
+    chosen = int(at.metric[2].value)
+    elsewhere = next(t for t in (10, 30, 50) if t != chosen)
+    at.select_slider(key="explorer_t").set_value(elsewhere).run()
     at.switch_page("views/check.py").run()
-    at.file_uploader(key="check_uploads").set_value([(*demo_png("member"), "image/png")]).run()
-    assert at.select_slider(key="check_t").value == 50
+    at.button(key="check_start").click().run()
+    assert at.select_slider(key="check_t").value == chosen, "the check page took the explorer's t"
+    assert f"t = {chosen}: the t the audit of this model's own split chose" in texts(at.caption)
+    # moved on this page: kept, said, and one press takes it back
+    at.select_slider(key="check_t").set_value(elsewhere).run()
+    assert f"t = {elsewhere}, moved by you" in texts(at.caption)
+    at.button(key="check_t__back").click().run()
+    assert at.select_slider(key="check_t").value == chosen
+    # another model opens at its own t (no split here: the middle of the grid, and it says so)
+    at.select_slider(key="check_t").set_value(elsewhere).run()
+    at.sidebar.selectbox(key="model_choice").set_value("A local model folder…").run()
+    at.sidebar.text_input(key="model_folder").set_value(str(tiny_model_dir)).run()
+    at.file_uploader(key="check_uploads").set_value([("random.png", random_png(8, colour=True), "image/png")]).run()
+    assert not at.exception and at.select_slider(key="check_t").value == 30
+    assert "no audit chose a t for this model" in texts(at.caption)
+
+
+def random_png(size: int, colour: bool = False) -> bytes:
+    pixels = np.random.default_rng(size).integers(0, 256, (size, size, 3) if colour else (size, size), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_images_the_model_cannot_judge_get_no_verdict(monkeypatch):
+    at = start(monkeypatch, FAST)
+    files = out_of_domain_files() + [demo_png("heldout", 2)]
+    at.file_uploader(key="check_uploads").set_value([(n, b, "image/png") for n, b in files]).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    verdicts_ = list(table[[c for c in table.columns if c.startswith("verdict")][0]])
+    assert verdicts_[:3] == ["cannot judge"] * 3 and verdicts_[3] == "not flagged"
+    assert texts(at.warning).count("This model cannot judge this image") == 3
+    assert "**0 of 4** images flagged as likely members at 1% FPR; **3** this model cannot judge" in texts(at.markdown)
 
 
 # ----------------------------------------------------------------------------- audit
@@ -282,6 +328,8 @@ def test_audit_of_uploaded_zips(monkeypatch):
     assert not at.exception and not at.error, texts(at.error)
     assert len(at.dataframe[1].value) == 12
     assert float(at.metric[0].value) == 1.0
+    # 3 + 3 images on the report half: the [1, 1] interval means little, and the page says so
+    assert "Only 3 members and 3 non-members are measured: too few" in texts(at.warning)
 
 
 # ----------------------------------------------------------------------------- local mean
@@ -315,9 +363,15 @@ def test_local_mean_page_contrasts_a_member_and_a_held_out_image(monkeypatch):
 # ----------------------------------------------------------------------------- compare, latent
 
 
-def test_compare_runs_the_chosen_attacks_on_one_split(monkeypatch):
+def test_compare_starts_cheap_says_how_long_and_runs_the_chosen_attacks(monkeypatch):
+    monkeypatch.setenv(GRID_ENV, "0:100:10")
     at = start(monkeypatch, FAST, "compare")
-    at.multiselect(key="compare_attacks").set_value(["sima", "loss"]).run()
+    # defaults: the one-query attacks, a few timesteps, 100 images a side
+    assert at.multiselect(key="compare_attacks").value == ["sima", "loss"]
+    assert at.multiselect(key="compare_t").value == [0, 30, 60, 90]
+    assert at.number_input(key="compare_n").value == 100
+    assert "200 images × 4 timesteps: about" in texts(at.caption) and "timed on one batch of each attack" in texts(at.caption)
+    at.multiselect(key="compare_t").set_value([10, 50]).run()
     at.button[0].click().run()
     assert not at.exception and not at.error, texts(at.error)
     table = at.dataframe[0].value
@@ -325,9 +379,43 @@ def test_compare_runs_the_chosen_attacks_on_one_split(monkeypatch):
     # Both attacks are perfect on the exact memoriser: the paired test must not name a winner.
     paired = at.dataframe[1].value
     assert list(paired["A vs B"]) == ["sima vs loss"] and list(paired["verdict (AUC)"]) == ["not distinguishable at 95%"]
+    assert "SimA" in texts(at.caption) and "(estimated" in texts(at.caption)
     roc = chart(at, "compare_roc")
     assert [d["name"].split(" (")[0] for d in roc["data"]] == ["sima", "loss", "chance"]
     assert chart(at, "compare_cost")["layout"]["xaxis"]["type"] == "log"
+
+
+def test_a_long_run_can_be_stopped_and_run_again(monkeypatch):
+    """The Stop button's press, as Streamlit delivers it: the callback marks the run stopped and
+    the running script is interrupted at its next progress update (a rerun)."""
+    import core.audit
+    import explorer.state
+    import streamlit
+    from explorer import progress
+
+    drawn = []
+
+    def pressed_at_once(run: str, what: str):
+        remove = progress.stop_button(run, what)
+        drawn.append(what)
+        progress._stop(run)
+        return remove
+
+    def interrupted(*args, progress=None, **kwargs):
+        progress(0, 1)
+        streamlit.rerun()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(explorer.state, "stop_button", pressed_at_once)
+        patch.setattr(core.audit, "run_audit", interrupted)
+        at = start(monkeypatch, FAST)
+        at.sidebar.text_input(key="grid").set_value("20,60").run()  # a grid no other test sweeps
+        at.switch_page("views/timesteps.py").run()
+    assert drawn and drawn[0].startswith("scoring with SimA on digits-empirical")
+    assert not at.exception and "Scoring with SimA on digits-empirical was stopped" in texts(at.warning)
+    assert not at.get("plotly_chart")
+    at.button(key=next(b.key for b in at.button if b.label == "Run it again")).click().run()
+    assert not at.exception and not at.warning and at.get("plotly_chart")
 
 
 def test_pixel_vs_latent_audits_each_demo_on_its_own_split(monkeypatch):
@@ -405,7 +493,9 @@ def test_the_collection_page_tries_the_models_own_members(monkeypatch):
 
 
 def test_parse_grid_drops_steps_beyond_the_model():
-    assert parse_grid("0:1200:400", 1000) == ((0, 400, 800), "1 timestep(s) outside 0..999 were left out.")
+    assert parse_grid("0:1200:400", 1000) == (
+        (0, 400, 800), "This model's timesteps run from 0 to 999: 1 of the 4 timesteps asked for lie outside and were left out.",
+    )
     with pytest.raises(Exception, match="within this model's range"):
         parse_grid("2000", 1000)
 

@@ -470,3 +470,20 @@ def test_verdict_alpha_below_smallest_p_value_is_not_achievable():
 def test_verdict_bad_inputs(score, alpha):
     with pytest.raises(SimaError):
         verdict(score, np.arange(10.0), alpha)
+
+
+def test_small_samples_are_warned_with_the_exact_chance_of_a_perfect_auc():
+    import itertools
+
+    # Brute force: of all ways to give 4 of 8 distinct scores to the members, one ranks them all on top.
+    perfect = sum(
+        auc(scores=np.arange(8.0), labels=np.isin(np.arange(8), chosen).astype(int)) == 1.0
+        for chosen in itertools.combinations(range(8), 4)
+    )
+    assert perfect == 1
+    from core import metrics
+
+    text = metrics.small_sample_warning(4, 4)
+    assert "once in 70," in text and "too few" in text
+    assert metrics.small_sample_warning(metrics.MIN_CI_SAMPLES, metrics.MIN_CI_SAMPLES) is None
+    assert metrics.small_sample_warning(500, metrics.MIN_CI_SAMPLES - 1) is not None

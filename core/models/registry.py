@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.errors import ModelError
-from core.models import loading
-from core.models.base import DiffusionModel
+
+if TYPE_CHECKING:  # torch is imported only when a model is loaded: listing demos stays instant
+    from core.models import loading
+    from core.models.base import DiffusionModel
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEMO_DIR = ASSETS / "models"
@@ -30,6 +33,8 @@ def read_manifest(folder: Path) -> dict | None:
     path = folder / MANIFEST
     if not path.is_file():
         return None
+    from core.models import loading
+
     return loading.read_json(path, max_bytes=MAX_MANIFEST_BYTES, root=folder)
 
 
@@ -73,6 +78,8 @@ def load_model(
     ``channels_last`` are the speed settings of :meth:`DiffusionModel.accelerate`. Extra keyword
     arguments go to the adapter (e.g. ``scaling_factor`` for latent models).
     """
+    from core.models.base import DiffusionModel
+
     if lora is not None and str(lora).strip():
         kwargs.update(lora=lora, lora_scale=lora_scale)
     if isinstance(spec, DiffusionModel):

@@ -6,6 +6,7 @@ import json
 
 import streamlit as st
 
+from core import metrics
 from explorer import charts, reading, report, sets, state, uploads, widgets
 from explorer.progress import progress_bar
 
@@ -70,17 +71,21 @@ chosen = (f"t chosen by {result.selection.upper()} on the selection half ({len(r
 st.subheader(f"Result at t = {result.chosen_t}" if result.uses_timestep else "Result")
 st.caption(
     f"{reading.attack_summary(choices.attack, result.chosen_t)}. {chosen[0].upper() + chosen[1:]}; metrics on the report "
-    f"half ({report_n} images) with 95% bootstrap intervals ({result.n_bootstrap} resamples)."
+    f"half ({report_n} images) with 95% bootstrap intervals ({result.n_bootstrap} resamples).",
+    help=reading.HALVES_HELP,
 )
+caution = metrics.small_sample_warning(result.metrics.n_members, result.metrics.n_nonmembers)
+if caution:
+    st.warning(caution)
 HEADLINE = (("auc", "AUC"), ("asr", "ASR"), ("tpr_at_1pct_fpr", "TPR@1%FPR"), ("tpr_at_0_1pct_fpr", "TPR@0.1%FPR"))
 for place, (key, name) in zip(st.columns(len(HEADLINE)), HEADLINE):
     estimate = getattr(result.metrics, key)
     with place:
         if estimate.value is None or not estimate.measurable:
-            st.metric(name, "n/a", help=estimate.reason)
+            st.metric(name, "n/a", help=f"{reading.METRIC_HELP[key]} Here: {estimate.reason}.")
             st.caption("not measurable with this many non-members")
         else:
-            st.metric(name, f"{estimate.value:.3f}")
+            st.metric(name, f"{estimate.value:.3f}", help=reading.METRIC_HELP[key])
             if estimate.ci_low is not None:
                 st.caption(f"95% CI [{estimate.ci_low:.3f}, {estimate.ci_high:.3f}]")
 

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 import torch
 
 from core.data import POLICY
 from core.hashing import row_digests
-from core.scoring import CANNOT_DECIDE
-from explorer import charts, reading, state, uploads, verdicts, widgets
+from core.scoring import CANNOT_DECIDE, CANNOT_JUDGE
+from explorer import charts, examples as bundled, reading, state, uploads, verdicts, welcome, widgets
 from explorer.choices import DEFAULT_FPR, FPR_CHOICES
 from explorer.examples import load_examples
 
 LOCAL_MEAN_PAGE = "views/local_mean.py"
+WANT_PAIR = "check_want_pair"
+P_VALUE_HELP = (
+    "(1 + reference non-members at least as member-like as this image) / (1 + reference size): "
+    "small means few images the model never saw score like this one."
+)
 
 st.title("Check an image")
-st.markdown(
-    "Was this picture used to train the model? Add one or more images: each gets its **score**, "
-    "where that score sits among images the model did and did not see, a **p-value** and a "
-    "**verdict** at the false-positive rate you choose."
-)
+welcome.show()
 choices = widgets.require_choices()
 model = state.get_model(choices.spec, choices.device)
 c, h, w = model.image_shape
@@ -34,13 +36,39 @@ split_names = (
 ) if split is not None else {}
 
 
-def _try_examples() -> None:
-    """One member and one held-out image: the quickest way to see both answers."""
-    if examples:
-        picks = [next((e.name for e in examples if e.label == label), None) for label in ("member", "held-out")]
-        st.session_state["check_examples"] = [p for p in picks if p] or [e.name for e in examples[:2]]
-    elif split is not None:
-        st.session_state["check_split"] = [f"member {split.member_ids[0]}", f"held-out {split.nonmember_ids[0]}"]
+def _want_pair() -> None:
+    st.session_state[WANT_PAIR] = True
+
+
+_audits: list = []
+
+
+def _reference_audit():
+    """The audit of the model's split, computed (or fetched) once per run of this page."""
+    if not _audits:
+        _audits.append(state.audit(choices, split, why="First, the model's own known images are scored once as the reference. "))
+    return _audits[0]
+
+
+if st.session_state.pop(WANT_PAIR, False) and split is not None:
+    # A typical member and a typical held-out image, chosen by their p-values at the chosen t:
+    # the bundled examples when they belong to this model's split, else the split itself.
+    with widgets.user_errors():
+        result = _reference_audit()
+        reference = verdicts.reference_from_audit(result, split)
+        column = reference.column(result.chosen_t)
+        pool = load_examples(examples, model.image_shape) if examples else None
+        truths = [split.truth(d) for d in row_digests(pool.images)] if pool is not None and len(pool) else []
+        if any(truths):
+            stats = state.image_statistics(choices, pool.images)[:, column]
+            digests = row_digests(pool.images)
+            p = [v.p_value for v in verdicts.check(reference, result.chosen_t, stats, DEFAULT_FPR, digests)]
+            st.session_state["check_examples"] = bundled.typical_pair(pool.ids, truths, p)
+        else:
+            names = [f"member {i}" for i in split.member_ids] + [f"held-out {i}" for i in split.nonmember_ids]
+            labels = ["member"] * len(split.member_ids) + ["held-out"] * len(split.nonmember_ids)
+            order = -result.membership_scores(result.chosen_t)  # lower = more member-like, as p-values
+            st.session_state["check_split"] = bundled.typical_pair(names, labels, order.tolist())
 
 
 tabs = ["Upload images"] + (["Bundled examples"] if examples else []) + (["From the model's split"] if split is not None else [])
@@ -59,7 +87,7 @@ if examples:
             "Example images", list(by_name), key="check_examples", format_func=lambda n: by_name[n].title(),
             help="Digits from the bundled demo split: the label says whether the memorising demo was trained on it.",
         )
-        st.button("Try one member and one held-out example", on_click=_try_examples)
+        st.button("Show me a typical member and held-out example", on_click=_want_pair, disabled=split is None)
 if split is not None:
     # Picks made for another model are dropped before the widget sees them.
     st.session_state["check_split"] = [n for n in st.session_state.get("check_split", []) if n in split_names]
@@ -73,8 +101,9 @@ chosen = [by_name[n] for n in st.session_state.get("check_examples", []) if n in
 from_split = [split_names[n] for n in st.session_state.get("check_split", []) if n in split_names]
 if not uploaded and not chosen and not from_split:
     st.info("Upload an image, or pick one, to start.")
-    if examples or split is not None:
-        st.button("Show me a member and a held-out image", on_click=_try_examples, type="primary", key="check_start")
+    if split is not None:
+        st.button("Show me a member and a held-out image", on_click=_want_pair, type="primary", key="check_start",
+                  help="A typical training member and a typical held-out image of this model, each with its group's median p-value.")
     st.stop()
 
 with widgets.user_errors():
@@ -96,10 +125,10 @@ if len(names) > uploads.MAX_CHECK_IMAGES:
 digests = row_digests(images)
 
 # ----------------------------------------------------------------------------- reference
-reference = None
+reference, result = None, None
 with widgets.user_errors():
     if split is not None:
-        result = state.audit(choices, split, why="First, the model's own known images are scored once as the reference. ")
+        result = _reference_audit()
         reference = verdicts.reference_from_audit(result, split)
     else:
         st.warning(
@@ -119,12 +148,15 @@ with widgets.user_errors():
 
 # ----------------------------------------------------------------------------- controls
 grid = list(choices.grid)
+if result is not None:
+    chosen_t, why = result.chosen_t, f"the t the audit of this model's own split chose (best {result.selection.upper()} on its selection half)"
+else:
+    chosen_t = grid[len(grid) // 2]
+    why = "no audit chose a t for this model (its training set is unknown), so the middle of the sidebar's grid"
 left, right = st.columns([3, 1])
 with left:
-    t = widgets.timestep_slider(
-        grid, reference.chosen_t if reference and reference.chosen_t is not None else grid[len(grid) // 2],
-        key="check_t", help="The audit of the model's split chooses a t (on its selection half); you can move it.",
-    )
+    t = widgets.timestep_slider(grid, chosen_t, key="check_t", choices=choices, why=why,
+                                help="Verdicts use the t the calibration chose unless you move it here.")
 with right:
     fdr_on = st.toggle(
         "Hold the false discovery rate", key="check_fdr_on", disabled=reference is None,
@@ -133,46 +165,69 @@ with right:
     )
     fpr = st.select_slider(
         "Target false discovery rate" if fdr_on else "Target false-positive rate", options=list(FPR_CHOICES),
-        value=DEFAULT_FPR, key="check_fpr", format_func=lambda v: f"{100 * v:g}%",
+        value=DEFAULT_FPR, key="check_fpr", format_func=reading.percent,
         help="About this fraction of images the model never saw would be flagged as members." if not fdr_on else
         "About this fraction of the flagged images would be non-members.",
     )
-rate = f"{100 * fpr:g}% {'FDR' if fdr_on else 'FPR'}"
+rate = f"{reading.percent(fpr)} {'FDR' if fdr_on else 'FPR'}"
 column = grid.index(t)
 label = reading.statistic_label(choices.attack)
 st.caption(reading.attack_summary(choices.attack, t) + (f". Reference: {reference.source}." if reference else "."))
 
+domains = reference.domain_checks(images, stats[:, column], t) if reference else [None] * len(names)
 answers = (verdicts.check(reference, t, stats[:, column], fpr, digests, fdr=fpr if fdr_on else None)
            if reference else [None] * len(names))
 results = []
 for i, name in enumerate(names):
+    verdict = answers[i]
     truth = (split.truth(digests[i]) if split is not None else None) or labels.get(name)
-    results.append((answers[i], truth))
+    results.append((verdict, truth, domains[i]))
 
-table = {
-    "image": names,
-    label + f" at t={t}": [float(stats[i, column]) for i in range(len(names))],
-}
+
+def _word(verdict, domain) -> str:
+    return CANNOT_JUDGE if domain is not None and not domain.judgeable else verdict.words
+
+
+statistic_column = f"{label} at t={t}"
+table = pd.DataFrame({"image": names, statistic_column: [float(stats[i, column]) for i in range(len(names))]})
 if reference:
-    table["p-value"] = [r[0].p_value for r in results]
+    table["p-value"] = [reading.format_p(v.p_value) for v, _, _ in results]
     if fdr_on:
-        table["BH-adjusted p"] = [r[0].adjusted_p for r in results]
-    table[f"verdict at {rate}"] = [r[0].words for r in results]
+        table["BH-adjusted p"] = [reading.format_p(v.adjusted_p) for v, _, _ in results]
+    table[f"verdict at {rate}"] = [_word(v, d) for v, _, d in results]
 if any(r[1] for r in results):
     table["truth (known split)"] = [r[1] or "" for r in results]
-st.dataframe(table, hide_index=True, column_config={
-    label + f" at t={t}": st.column_config.NumberColumn(format="%.3e"),
-    "p-value": st.column_config.NumberColumn(format="%.4f"),
-    "BH-adjusted p": st.column_config.NumberColumn(format="%.4f"),
-})
+
+# ----------------------------------------------------------------------------- summary
+if reference:
+    words = [_word(v, d) for v, _, d in results]
+    flagged, unjudged = words.count("likely member"), words.count(CANNOT_JUDGE)
+    st.markdown(
+        f"**{flagged} of {len(names)}** image{'s' if len(names) != 1 else ''} flagged as likely "
+        f"member{'s' if flagged != 1 else ''} at {rate}"
+        + (f"; **{unjudged}** this model cannot judge" if unjudged else "") + "."
+    )
+    missed = reading.missed_members(result, t, fpr) if result is not None and not fdr_on else None
+    if missed:
+        st.caption(missed)
+columns = {statistic_column: st.column_config.NumberColumn(format="%.3e", help=reading.attack_summary(choices.attack, t))}
+if reference:
+    columns["p-value"] = st.column_config.TextColumn(help=P_VALUE_HELP)
+st.dataframe(table, hide_index=True, column_config=columns)
+export = table.assign(t=t, attack=choices.attack, model=model.name)
+if reference:
+    export["explanation"] = [d.sentence() if d is not None and not d.judgeable else v.sentence for v, _, d in results]
+st.download_button("Download these results (CSV)", export.to_csv(index=False), file_name=f"check-{model.name}-t{t}.csv".replace("/", "_"),
+                   mime="text/csv", on_click="ignore", key="check_csv")
 
 # ----------------------------------------------------------------------------- per image
 for i, name in enumerate(names):
-    verdict, truth = results[i]
+    verdict, truth, domain = results[i]
     with st.expander(f"{name}", expanded=i < 2):
         pic, answer, where = st.columns([1, 2, 3])
         with pic:
-            st.image(widgets.thumbnail(images[i], 160), caption="as the model sees it", width=160)
+            # Stretched to the column: a fixed width overflowed into the next column on narrow screens.
+            st.image(widgets.thumbnail(images[i], 160), caption="as the model sees it", width="stretch")
             for note in notes[i]:
                 st.caption(note)
         with answer:
@@ -180,14 +235,18 @@ for i, name in enumerate(names):
             if verdict is None:
                 st.info("Raw score only: no reference non-members, so no p-value or verdict.")
             else:
-                st.metric("p-value", f"{verdict.p_value:.3g}", help="(1 + reference images scoring at least as member-like) / (1 + reference size)")
-                if verdict.words == CANNOT_DECIDE:
+                st.metric("p-value", reading.format_p(verdict.p_value), help=P_VALUE_HELP)
+                if domain is not None and not domain.judgeable:
+                    st.warning(f"**This model cannot judge this image**: {domain.reason}.")
+                    st.caption("The p-value above is no evidence either way for an image like this.")
+                elif verdict.words == CANNOT_DECIDE:
                     st.warning(f"**Cannot decide** at {rate}.")
                 elif verdict.likely_member:
                     st.error(f"**Likely a member** (flagged at {rate})")
                 else:
                     st.success(f"**Not flagged** at {rate}")
-                st.caption(verdict.sentence)
+                if domain is None or domain.judgeable:
+                    st.caption(verdict.sentence)
                 if verdict.left_out:
                     st.caption("This image is one of the reference held-out images, so it was left out of the reference.")
             if truth:

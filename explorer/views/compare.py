@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
+
 import streamlit as st
 
+from core import metrics
 from core.attacks import ATTACK_NAMES, get_attack
 from core.errors import SimaError
-from explorer import charts, reading, state, widgets
+from explorer import charts, reading, sets, state, widgets
+from explorer.progress import RunStopped
+
+#: Cheap defaults: a run that takes a minute, not an afternoon; the user widens it at will.
+DEFAULT_PER_SIDE = 100
+DEFAULT_TIMESTEPS = 5
 
 st.title("Compare attacks")
 st.markdown(
@@ -18,25 +27,48 @@ st.markdown(
 choices = widgets.require_choices()
 data = widgets.labelled_data(choices, key="compare_data")
 names = list(ATTACK_NAMES)
-# The widget forgets its value when another page is shown; the choice is kept beside it.
+grid = list(choices.grid)
+one_query = [n for n in names if get_attack(n).uses_timestep and all(get_attack(n).queries_per_sample(t) == 1 for t in grid)]
+# Widgets forget their values when another page is shown; the choices are kept beside them.
+remembered = st.session_state.setdefault("compare_remembered", {})
 if "compare_attacks" not in st.session_state:
-    st.session_state["compare_attacks"] = [n for n in st.session_state.get("compare_chosen", names) if n in names]
-chosen = st.multiselect("Attacks", names, key="compare_attacks", format_func=reading.attack_title)
-st.session_state["compare_chosen"] = chosen
-if not chosen:
-    st.info("Choose at least one attack.")
+    st.session_state["compare_attacks"] = [n for n in remembered.get("attacks", one_query) if n in names]
+thinned = grid[:: max(1, -(-len(grid) // DEFAULT_TIMESTEPS))]
+if "compare_t" not in st.session_state or not set(st.session_state["compare_t"]) <= set(grid):
+    kept = [t for t in remembered.get("t", thinned) if t in grid]
+    st.session_state["compare_t"] = kept or thinned
+largest = max(len(data.member_ids), len(data.nonmember_ids))
+if "compare_n" not in st.session_state:
+    st.session_state["compare_n"] = min(remembered.get("n", DEFAULT_PER_SIDE), largest)
+
+pick_attacks, pick_t, pick_n = st.columns([3, 3, 1])
+with pick_attacks:
+    chosen = st.multiselect(
+        "Attacks", names, key="compare_attacks", format_func=reading.attack_title,
+        help="By default the attacks that ask the model once per image and timestep; the others cost 2 to 110 queries.",
+    )
+with pick_t:
+    steps = st.multiselect("Timesteps", grid, key="compare_t", help="A subset of the sidebar's grid keeps the run short.")
+with pick_n:
+    per_side = st.number_input(
+        "Images per group", min_value=2, max_value=largest, step=50, key="compare_n",
+        help=f"At most this many members and as many non-members, drawn at random (seed {choices.seed}).",
+    )
+remembered.update(attacks=chosen, t=steps, n=int(per_side))
+if not chosen or not steps:
+    st.info("Choose at least one attack and one timestep.")
     st.stop()
 
-grid = list(choices.grid)
-costs = {name: len(data) * get_attack(name).queries_for_grid(grid) for name in chosen}
-seconds = sum(costs.values()) / state.forward_rate(choices)
-estimate = f"{seconds / 60:.0f} min" if seconds > 90 else f"{seconds:.0f} s"
+subset = sets.subset(data, int(per_side), choices.seed)
+run_choices = replace(choices, grid=tuple(sorted(steps)))
+with widgets.user_errors():
+    estimates = {name: state.estimate_seconds(run_choices, name, subset) for name in chosen}
+total = sum(estimates.values())
 st.caption(
-    f"{len(data):,} images × {len(grid)} timesteps: about {sum(costs.values()):,} model evaluations in all, "
-    f"roughly {estimate} on this machine ("
-    + ", ".join(f"{reading.attack_title(n)} {c:,}" for n, c in costs.items()) + ")."
+    f"{len(subset):,} images × {len(steps)} timesteps: about {reading.duration(total)} on this machine, "
+    "timed on one batch of each attack (" + ", ".join(f"{reading.attack_title(n)} {reading.duration(s)}" for n, s in estimates.items()) + ")."
 )
-run_key = (choices, tuple(chosen), data.key)
+run_key = (run_choices, tuple(chosen), subset.key)
 if st.button("Run the comparison", type="primary"):
     st.session_state["compare_run"] = run_key
 if st.session_state.get("compare_run") != run_key:
@@ -44,11 +76,15 @@ if st.session_state.get("compare_run") != run_key:
     st.stop()
 
 results = {}
-for name in chosen:
-    try:
-        results[name] = state.audit(choices, data, attack=name, persistent=False)
-    except SimaError as error:
-        st.error(f"{name}: {error}")
+run = "compare:" + hashlib.sha256(repr(run_key).encode()).hexdigest()[:16]
+with widgets.user_errors():
+    for name in chosen:
+        try:
+            results[name] = state.audit(run_choices, subset, attack=name, persistent=False, run=run)
+        except RunStopped:
+            raise
+        except SimaError as error:
+            st.error(f"{name}: {error}")
 if not results:
     st.stop()
 
@@ -58,8 +94,17 @@ with linear:
 with log:
     widgets.plot(charts.roc_figure(results, log=True), key="compare_roc_log")
 st.dataframe(charts.metrics_table(results), hide_index=True)
-st.caption("Each attack at its own t, chosen on the selection half; 95% bootstrap intervals on the report half. "
-           "PFAMI ignores t, so it has none.")
+st.caption(
+    "Each attack at its own t, chosen on the selection half; 95% bootstrap intervals on the report half. "
+    "PFAMI ignores t, so it has none. Wall time against the estimate: "
+    + ", ".join(f"{reading.attack_title(n)} {reading.duration(r.wall_time_s)} (estimated {reading.duration(estimates[n])})"
+                for n, r in results.items()) + ".",
+    help=reading.HALVES_HELP,
+)
+measured = next(iter(results.values())).metrics
+caution = metrics.small_sample_warning(measured.n_members, measured.n_nonmembers)
+if caution:
+    st.warning(caution)
 
 if len(results) > 1:
     from core.audit import compare_results

@@ -10,6 +10,7 @@ from core.errors import SimaError
 from core import demo_names
 from explorer import charts, reading, state, widgets
 from explorer.choices import PERFECT_MEMORISER, PIXEL_VS_LATENT
+from explorer.progress import RunStopped
 
 st.title("Pixel vs latent")
 st.markdown(
@@ -41,13 +42,17 @@ if st.session_state.get("latent_run") != run_key:
     st.stop()
 
 results, infos = {}, {}
-for name in models:
-    try:
-        split = state.model_split(name, choices.device)
-        results[name] = state.audit(choices, split, spec=name)
-        infos[name] = state.get_model(name, choices.device).info()
-    except SimaError as error:
-        st.error(f"{name}: {error}")
+run = "latent:" + "|".join(map(str, run_key))  # Stop stops the whole page's run, not one model
+with widgets.user_errors():
+    for name in models:
+        try:
+            split = state.model_split(name, choices.device)
+            results[name] = state.audit(choices, split, spec=name, run=run)
+            infos[name] = state.get_model(name, choices.device).info()
+        except RunStopped:
+            raise
+        except SimaError as error:
+            st.error(f"{name}: {error}")
 if not results:
     st.stop()
 

@@ -81,8 +81,11 @@ else:
     query, query_name = loaded.images[:1], file.name
 
 steps = sorted(set(choices.grid) | {s for s in state.EFFECTIVE_T if s < model.num_train_timesteps})
-t = widgets.timestep_slider(steps, choices.grid[len(choices.grid) // 2], key="lm_t",
-                            help="The sidebar's grid plus larger timesteps, where the kernel widens.")
+t = widgets.timestep_slider(
+    steps, choices.grid[len(choices.grid) // 2], key="lm_t", choices=choices, share=True,
+    why="the middle of the sidebar's grid",
+    help="The sidebar's grid plus larger timesteps, where the kernel widens.",
+)
 with widgets.user_errors():
     view = state.local_mean_view(choices, query, reference, reference_key, t)
 

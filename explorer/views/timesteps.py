@@ -2,26 +2,46 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import streamlit as st
 
 from explorer import charts, reading, state, widgets
 
 GALLERY = 8
+#: Timesteps added to the sidebar's grid on this page, so that the curves can be seen to merge.
+LARGE_T = (300, 500, 700, 900)
 
 st.title("Timestep explorer")
 st.markdown(
-    "The attack asks the model for its noise prediction at one timestep t. At small t a model that "
-    "memorised its training images predicts almost no noise for them; at large t every image looks "
-    "like noise and the two groups merge. Move the slider and watch the two colours move apart and "
-    "together. Everything is scored once; the slider only redraws."
+    "The attack asks the model for its noise prediction at one timestep t. At t = 0 the image is "
+    "clean and the model is asked for noise that is not there, a case it barely trained on, so "
+    "members and non-members separate less than they do with a little noise. As t grows, a model "
+    "that memorised its training images predicts almost no noise for them while it must guess for "
+    "new images: the two groups move apart. At large t every image looks like noise and the "
+    "groups merge again. Move the slider and watch the two colours move apart and together. "
+    "Everything is scored once; the slider only redraws."
 )
 choices = widgets.require_choices()
 data = widgets.labelled_data(choices, key="explorer_data")
+T = state.get_model(choices.spec, choices.device).num_train_timesteps
+extra = tuple(t for t in LARGE_T if t < T and t not in choices.grid)
+if extra and st.toggle(
+    f"Add large timesteps ({', '.join(map(str, extra))}), where the two groups merge", value=True, key="explorer_large_t",
+    help="The sidebar's grid stops where the signal is strongest; these show what happens after.",
+):
+    choices = replace(choices, grid=tuple(sorted(set(choices.grid) | set(extra))))
 with widgets.user_errors():
     result = state.audit(choices, data)
+best, worst = max(result.per_t, key=lambda row: row["auc"]), min(result.per_t, key=lambda row: row["auc"])
+st.caption(
+    f"On this model and data the groups separate best at t = {best['t']} (AUC {best['auc']:.3f}) and least "
+    f"at t = {worst['t']} (AUC {worst['auc']:.3f}), on the report half."
+)
 
 t = widgets.timestep_slider(
-    result.timesteps, widgets.default_t(result), key="explorer_t",
+    result.timesteps, result.chosen_t, key="explorer_t", choices=choices, share=True,
+    why=f"the t the audit chose on the selection half (best {result.selection.upper()})",
     help="Only timesteps of the sidebar's grid were scored; change the grid there for others.",
 )
 column = result.column(t)
