@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -25,9 +26,12 @@ from common import RESULTS, describe_machine, machine, replace_section
 
 from core import demo_names, load_model  # noqa: E402
 from core.attacks import SimA, get_attack  # noqa: E402
-from core.batching import best_settings, measure, torch_threads  # noqa: E402
+from core.batching import best_settings, calibration, measure, torch_threads  # noqa: E402
 from core.cache import ScoreCache  # noqa: E402
 from core.models.pixel import PixelModel  # noqa: E402
+
+#: torch's thread count before anything here changed it: what the official code runs with.
+DEFAULT_THREADS = torch.get_num_threads()
 
 
 
@@ -81,12 +85,71 @@ def naive_loop(model, x0, grid, batch_size) -> None:
             model.eps(x0[i:i + batch_size], t).pow(4).flatten(1).sum(1)
 
 
+#: The reference implementations score in batches of 64, one timestep at a time.
+OFFICIAL_BATCH = 64
+#: Alternating runs of the official-style loop and of our sweep (the best of each is kept).
+OFFICIAL_ROUNDS = 3
+#: Each run of the comparison is sized to take about this long at the calibrated rate.
+OFFICIAL_RUN_SECONDS = 8.0
+
+
+def official_loop(unet, x0, grid, threads: int) -> None:
+    """The scoring loop of the papers' code, written here: the network as loaded (contiguous
+    memory), torch.no_grad, ``threads`` intra-op threads, one timestep at a time, batches of 64."""
+    with torch_threads(threads), torch.no_grad():
+        for t in grid:
+            for i in range(0, len(x0), OFFICIAL_BATCH):
+                x = x0[i:i + OFFICIAL_BATCH]
+                unet(x, torch.full((len(x),), t)).sample.abs().pow(4).flatten(1).sum(1)
+
+
+def against_official(model, n: int, grid: list[int]) -> dict:
+    """Our SimA sweep (its calibrated batch and threads) against the official-style loop at torch's
+    default thread count, and at one thread, on the same images: runs alternate, so a change in
+    the machine's load falls on all of them; the best of ``OFFICIAL_ROUNDS`` each is kept."""
+    import copy
+
+    # Calibrated before any timing; a slow model gets fewer pairs, so that each run takes about
+    # OFFICIAL_RUN_SECONDS.
+    wanted = max(OFFICIAL_BATCH, int(calibration(model).rate * OFFICIAL_RUN_SECONDS))
+    if n * len(grid) > wanted:
+        keep = max(1, min(len(grid), wanted // OFFICIAL_BATCH))
+        grid = grid[:: -(-len(grid) // keep)][:keep]  # spread over the grid
+        n = max(OFFICIAL_BATCH, min(n, wanted // len(grid) // OFFICIAL_BATCH * OFFICIAL_BATCH))
+    x0 = torch.rand(n, *model.sample_shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    unet = copy.deepcopy(model.unet).to(memory_format=torch.contiguous_format)  # as the official code loads it
+    pairs = n * len(grid)
+    runs = {"official": [], "official_one_thread": [], "sima": []}
+    load = [round(os.getloadavg()[0], 2)]
+    for _ in range(OFFICIAL_ROUNDS):
+        for name, run in (("official", lambda: official_loop(unet, x0, grid, DEFAULT_THREADS)),
+                          ("official_one_thread", lambda: official_loop(unet, x0, grid, 1)),
+                          ("sima", lambda: SimA().sweep(model, x0, grid))):
+            start = time.perf_counter()
+            run()
+            runs[name].append(round(pairs / (time.perf_counter() - start), 1))
+        load.append(round(os.getloadavg()[0], 2))
+    best = {name: max(rates) for name, rates in runs.items()}
+    return {
+        "official_loop_images_per_s": best["official"],
+        "official_loop_one_thread_images_per_s": best["official_one_thread"],
+        "sima_official_comparison_images_per_s": best["sima"],
+        "sima_over_official": round(best["sima"] / best["official"], 2),
+        "sima_over_official_one_thread": round(best["sima"] / best["official_one_thread"], 2),
+        "official_comparison": {"images": n, "timesteps": len(grid), "default_threads": DEFAULT_THREADS,
+                                "sima_settings": list(best_settings(model)), "runs_images_per_s": runs,
+                                "load_average_1min_between_rounds": load},
+    }
+
+
 def bench_model(model, n: int, grid: list[int], baselines: list[str], candidates) -> dict:
-    """Every figure for one model, all at the thread count the calibration found fastest."""
+    """Every figure for one model, all at the thread count the calibration found fastest; for a
+    pixel model, also the comparison with the official-style loop."""
+    official = against_official(model, n, grid) if model.kind == "pixel" else {}
     threads = best_settings(model)[1]
     with torch_threads(threads):
         row = _bench_model(model, n, grid, baselines, candidates)
-    return {**row, "threads": threads}
+    return {**row, "threads": threads, **official}
 
 
 def _bench_model(model, n: int, grid: list[int], baselines: list[str], candidates) -> dict:
@@ -210,6 +273,7 @@ def markdown(result: dict, quick: bool) -> str:
               "Streamed audits (PNG files read one chunk at a time, a tiny 3x8x8 model, 2 timesteps), each in a fresh process:",
               "", "| member images N | peak memory (MB) | audit time (s) |", "|---|---|---|"]
     lines += [f"| {r['n']:,} | {r['peak_memory_mb']} | {r['seconds']} |" for r in result["scale"]]
+    lines += official_markdown(result)
     lines += ["", "Targets (issue 8), worst case over the network models above (the empirical denoiser has no network: "
               "at tens of thousands of images per second a cache lookup costs about what it saves, so its row does "
               "not count):", "", "| target | measured | met |", "|---|---|---|"]
@@ -237,7 +301,60 @@ def targets(result: dict) -> list[tuple[str, str, bool]]:
         ("cached rerun at least 50x faster than the first run", f"{cached:.0f}x", cached >= 50),
         # Flat means no growth with N beyond noise: 5% of the baseline allows for allocator jitter.
         ("peak memory flat as N grows", f"{growth:+.1%} over {sizes}", growth <= 0.05),
+        *official_targets(result),
     ]
+
+
+def official_targets(result: dict) -> list[tuple[str, str, bool]]:
+    """SimA sweep at least 1.5x the official-style loop, on each pixel model measured."""
+    rows = [r for r in result["models"] if "sima_over_official" in r]
+    if not rows:
+        return []
+    worst = min(rows, key=lambda r: r["sima_over_official"])
+    return [("SimA sweep at least 1.5x the official-style loop (batch 64, one t at a time), each pixel model",
+             f"{worst['sima_over_official']}x ({worst['model']})", worst["sima_over_official"] >= 1.5)]
+
+
+def official_markdown(result: dict) -> list[str]:
+    rows = [r for r in result["models"] if "sima_over_official" in r]
+    if not rows:
+        return []
+    lines = ["", "Against the official-style loop (written in `official_loop`: the network as loaded, `torch.no_grad`, "
+             "batches of 64, one timestep at a time, torch's default threads; also at one thread), on the same images, "
+             f"{OFFICIAL_ROUNDS} alternating rounds, best of each:", "",
+             "| model | images x t | official img/s | official, 1 thread, img/s | SimA sweep img/s (batch, threads) | "
+             "SimA / official | SimA / official at 1 thread | load average between rounds |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        c = r["official_comparison"]
+        lines.append(
+            f"| {r['model']} | {c['images']} x {c['timesteps']} | {r['official_loop_images_per_s']} | "
+            f"{r['official_loop_one_thread_images_per_s']} | {r['sima_official_comparison_images_per_s']} "
+            f"({c['sima_settings'][0]}, {c['sima_settings'][1]}) | {r['sima_over_official']}x | "
+            f"{r['sima_over_official_one_thread']}x | {', '.join(map(str, c['load_average_1min_between_rounds']))} |")
+    return lines
+
+
+def official_only(models: str | None) -> int:
+    """The official-loop comparison alone (about ten minutes), merged into the full run's results."""
+    path = RESULTS / "speed.json"
+    result = json.loads(path.read_text())
+    names = models.split(",") if models else [n for n in demo_names() if load_model(n).kind == "pixel"]
+    jobs = [load_model(name) for name in names] + ([] if models else [cifar_unet_model()])
+    grid = list(range(0, 201, 20))
+    for model in jobs:
+        row = against_official(model, 256, grid)
+        for existing in result["models"]:
+            if existing["model"] == model.name:
+                existing.update(row)
+                break
+        else:
+            raise SystemExit(f"{model.name} has no row in {path}; run the full benchmark first.")
+    result["official_comparison_machine"] = machine()
+    path.write_text(json.dumps(result, indent=2))
+    table = markdown(result, quick=False)
+    print(table)
+    replace_section("Speed", table)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -245,12 +362,16 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short run: one demo, few images")
     parser.add_argument("--json", action="store_true", help="print the result object as JSON")
     parser.add_argument("--models", help="comma-separated bundled demos to measure (default: all)")
+    parser.add_argument("--official-only", action="store_true",
+                        help="only the comparison with the official-style loop, on the pixel models; merged into speed.json")
     parser.add_argument("--scale-child", nargs=2, metavar=("N", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.scale_child:
         scale_child(int(args.scale_child[0]), args.scale_child[1])
         return 0
 
+    if args.official_only:
+        return official_only(args.models)
     if args.quick:
         grid, baselines = [10, 50, 100, 150], ["pia", "loss"]
         jobs = [(load_model(name), 64, (8, 16, 32, 64)) for name in demo_names()[:1]]

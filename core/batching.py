@@ -4,7 +4,10 @@ On CPU a bigger batch is often slower (cache pressure), so the size is measured:
 calibration times ``model.eps`` at a few sizes and keeps the fastest. Threads are measured
 too: on a 2-core machine where anything else is running (the app's server, a browser), torch's
 two spinning threads can run several times slower than one. The answer is cached in memory
-and on disk per (model fingerprint, device, available cores), so it is measured once.
+and on disk per (model fingerprint, device, available cores), with the rate it measured and
+when. A calibration is measured again when it is older than ``MAX_AGE_S``, and when a sweep
+runs at less than ``SLOW_FRACTION`` of the rate it predicted (the machine got busier, or the
+calibration was measured while it was busy): see :func:`check_rate`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import math
 import os
 import threading
 import time
+from dataclasses import astuple, dataclass
 from typing import Iterator
 
 import torch
@@ -26,8 +30,28 @@ CANDIDATES = (8, 16, 32, 64, 128)
 FILE_NAME = "batch_sizes.json"
 #: Calibration stops growing the batch once one forward pass takes this long (seconds).
 MAX_PASS_SECONDS = 2.0
+#: A calibration older than this (seconds) is measured again: machines and their loads change.
+MAX_AGE_S = 7 * 24 * 3600
+#: A sweep slower than this fraction of its calibration's rate has the calibration measured again.
+SLOW_FRACTION = 0.5
+#: ... once it has run this long (seconds), so that a first slow batch is not taken for a trend.
+MIN_CHECK_SECONDS = 3.0
 
-_memory: dict[str, tuple[int, int]] = {}
+
+@dataclass(frozen=True)
+class Calibration:
+    """The fastest (batch size, threads) measured for a model, its rate there and when."""
+
+    batch_size: int
+    threads: int
+    rate: float  # model evaluations per second at these settings
+    measured_at: float  # time.time() of the measurement
+
+    def expired(self, now: float | None = None) -> bool:
+        return (now if now is not None else time.time()) - self.measured_at > MAX_AGE_S
+
+
+_memory: dict[str, Calibration] = {}
 _lock = threading.Lock()
 #: torch's thread count when this module was imported: the most a calibration tries.
 MAX_THREADS = torch.get_num_threads()
@@ -59,7 +83,7 @@ def _disk() -> dict:
         return {}
 
 
-def _save(key: str, value: list[int]) -> None:
+def _save(key: str, value: list) -> None:
     folder = default_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -112,8 +136,8 @@ def measure(model: DiffusionModel, candidates=CANDIDATES, repeats: int = 2) -> d
     return rates
 
 
-def calibrate(model: DiffusionModel) -> tuple[int, int]:
-    """(batch size, threads) measured fastest for ``model``; threads 1 and the default are tried."""
+def calibrate(model: DiffusionModel) -> Calibration:
+    """Measure the fastest (batch size, threads) for ``model``; threads 1 and the default are tried."""
     best, best_rate = (CANDIDATES[0], MAX_THREADS), 0.0
     for threads in sorted({1, MAX_THREADS}):
         if model.device.type != "cpu" and threads != MAX_THREADS:
@@ -123,23 +147,55 @@ def calibrate(model: DiffusionModel) -> tuple[int, int]:
         size = max(rates, key=rates.get)
         if rates[size] > best_rate:
             best, best_rate = (size, threads), rates[size]
-    return best
+    return Calibration(best[0], best[1], best_rate, time.time())
+
+
+def _stored(value) -> Calibration | None:
+    """A calibration read from disk, or None when it is malformed or from an older format."""
+    if not isinstance(value, list) or len(value) != 4:
+        return None
+    size, threads, rate, when = value
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (size, threads)):
+        return None
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in (rate, when)):
+        return None
+    return Calibration(size, threads, float(rate), float(when))
+
+
+def calibration(model: DiffusionModel) -> Calibration:
+    """The stored calibration for ``model`` while it is fresh; otherwise measured now and stored."""
+    key = _key(model)
+    with _lock:
+        found = _memory.get(key) or _stored(_disk().get(key))
+        if found is None or found.expired():
+            found = calibrate(model)
+            _save(key, list(astuple(found)))
+        _memory[key] = found
+        return found
 
 
 def best_settings(model: DiffusionModel) -> tuple[int, int]:
-    """The calibrated (batch size, threads) for ``model``: measured on first use, then cached."""
+    """The calibrated (batch size, threads) for ``model`` (see :func:`calibration`)."""
+    found = calibration(model)
+    return found.batch_size, found.threads
+
+
+def check_rate(model: DiffusionModel, evaluations: int, seconds: float) -> Calibration | None:
+    """Called by a sweep as it runs: when ``evaluations`` model calls took ``seconds`` and that
+    is less than ``SLOW_FRACTION`` of the calibrated rate, measure again (now) and return the
+    new calibration; otherwise None. Short runs (under ``MIN_CHECK_SECONDS``) are not judged."""
+    if seconds < MIN_CHECK_SECONDS or evaluations <= 0:
+        return None
     key = _key(model)
     with _lock:
-        if key in _memory:
-            return _memory[key]
-        stored = _disk().get(key)
-        if isinstance(stored, list) and len(stored) == 2 and all(isinstance(v, int) and v > 0 for v in stored):
-            _memory[key] = (stored[0], stored[1])
-            return _memory[key]
-        settings = calibrate(model)
-        _memory[key] = settings
-        _save(key, list(settings))
-        return settings
+        found = _memory.get(key)
+    if found is None or evaluations / seconds >= SLOW_FRACTION * found.rate:
+        return None
+    fresh = calibrate(model)
+    with _lock:
+        _memory[key] = fresh
+        _save(key, list(astuple(fresh)))
+    return fresh
 
 
 def best_batch_size(model: DiffusionModel) -> int:

@@ -133,3 +133,52 @@ def test_thread_setting_is_restored():
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def _store(model, value) -> None:
+    """Put ``value`` on disk as the model's calibration and drop the in-memory copy."""
+    import json
+
+    from core import batching
+    from core.cache import default_dir
+
+    forget()
+    default_dir().mkdir(parents=True, exist_ok=True)
+    (default_dir() / batching.FILE_NAME).write_text(json.dumps({batching._key(model): value}))
+
+
+def test_calibrations_of_an_older_format_or_past_their_age_are_measured_again(model):
+    import time
+
+    from core import batching
+
+    for stale in ([16, 1], [16, 1, 500.0, time.time() - batching.MAX_AGE_S - 60]):
+        _store(model, stale)
+        counter = Counter(model)
+        found = batching.calibration(model)
+        assert counter.samples > 0 and found.measured_at > time.time() - 60
+        model._raw = counter._raw
+    _store(model, [16, 1, 500.0, time.time() - 60])  # fresh: used as it is
+    counter = Counter(model)
+    assert batching.calibration(model) == batching.Calibration(16, 1, 500.0, pytest.approx(time.time() - 60, abs=5))
+    assert counter.samples == 0
+
+
+def test_a_sweep_much_slower_than_its_calibration_measures_it_again(model, monkeypatch):
+    import time
+
+    from core import batching
+
+    # A calibration that promises far more than this machine can do, as one measured on a
+    # quiet machine looks when the machine is busy.
+    _store(model, [4, 1, 1e12, time.time()])
+    monkeypatch.setattr(batching, "MIN_CHECK_SECONDS", 0.0)
+    counter = Counter(model)
+    SimA().sweep(model, _sets(8)[0], [5, 25])
+    assert counter.samples > 16, "the sweep did not measure its calibration again"
+    fresh = batching.calibration(model)
+    assert fresh.rate < 1e12 and fresh.measured_at > time.time() - 60
+    # a calibration the sweep lives up to is left alone
+    counter.samples = 0
+    assert batching.check_rate(model, evaluations=int(10 * fresh.rate), seconds=10.0) is None and counter.samples == 0
+    assert batching.check_rate(model, evaluations=1, seconds=batching.MIN_CHECK_SECONDS + 1) is not None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import inspect
+import time
 from typing import TYPE_CHECKING, Callable, Literal, Sequence
 
 import torch
@@ -179,7 +180,7 @@ class Attack(abc.ABC):
         key, so a changed caption is computed afresh, while the noise stays keyed by the
         sample alone (a caption and the empty prompt see the same draws).
         """
-        from core.batching import best_settings, torch_threads
+        from core.batching import best_settings, check_rate, torch_threads
         from core.cache import ANY_T, attack_key
 
         n, steps = x0.shape[0], [int(s) for s in timesteps]
@@ -218,10 +219,18 @@ class Attack(abc.ABC):
         if progress is not None:
             progress(done, total)
         calibrated, threads = best_settings(model) if pending else (1, torch.get_num_threads())
+        evaluations, start = 0, time.perf_counter()
         # Threads are a speed setting only: the calibration measured which count runs fastest here.
         with torch_threads(threads):
-            for idx, col, values in self._pending_batches(model, x0, grid, stored_t, todo, keys, seed,
-                                                          batch_size or calibrated, cond):
+            for idx, col, values, cost in self._pending_batches(model, x0, grid, stored_t, todo, keys, seed,
+                                                                batch_size or calibrated, cond):
+                evaluations += cost
+                if batch_size is None and evaluations:
+                    # Much slower than calibrated: measure again, and run the rest at the new thread count.
+                    fresh = check_rate(model, evaluations, time.perf_counter() - start)
+                    if fresh is not None:
+                        torch.set_num_threads(fresh.threads)
+                        evaluations, start = 0, time.perf_counter()
                 out[idx, col] = values
                 if cache is not None:
                     cache.put(cache_model, cache_attack, (
@@ -232,7 +241,8 @@ class Attack(abc.ABC):
         return out if self.uses_timestep else out.expand(n, len(steps)).clone()
 
     def _pending_batches(self, model, x0, grid, stored_t, todo, keys, seed, batch_size, cond):
-        """(sample indices, grid columns, statistics) for the pending pairs, a batch at a time.
+        """(sample indices, grid columns, statistics, model evaluations spent) for the pending
+        pairs, a batch at a time.
 
         Pairs are packed into mixed batches of about ``batch_size`` model evaluations. An
         attack that shares work across t instead takes ``batch_size`` whole samples at a time
@@ -245,7 +255,7 @@ class Attack(abc.ABC):
                 values = self.grid_statistic(model, x0[idx], grid, cond=conditioning.select(cond, idx))
                 need = todo[idx]
                 pair_rows, cols = need.nonzero(as_tuple=True)
-                yield idx[pair_rows], cols, values[need]
+                yield idx[pair_rows], cols, values[need], len(idx) * self.queries_for_grid(grid)
             return
         sample_idx, col_idx = todo.nonzero(as_tuple=True)
         per_batch = max(1, batch_size // max(1, max(self.queries_per_sample(s) for s in grid)))
@@ -256,7 +266,8 @@ class Attack(abc.ABC):
             if self.noise_draws:
                 # keyed by the stored t, so an attack that ignores t draws the same noise on any grid
                 noise = keyed_noise([keys[i] for i in idx.tolist()], stored[col], self.noise_draws, x0.shape[1:], seed)
-            yield idx, col, self.statistic(model, x0[idx], grid_t[col], noise=noise, cond=conditioning.select(cond, idx))
+            cost = sum(self.queries_per_sample(grid[j]) for j in col.tolist())
+            yield idx, col, self.statistic(model, x0[idx], grid_t[col], noise=noise, cond=conditioning.select(cond, idx)), cost
 
     def grid_statistic(self, model: DiffusionModel, x0: torch.Tensor, timesteps: Sequence[int],
                        cond: Conditioning | Sequence[str] | None = None) -> torch.Tensor:
