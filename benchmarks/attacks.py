@@ -8,7 +8,7 @@
 
 For every model and attack, ``core.audit.run_audit`` splits members and held-out images 50/50
 (seeded), chooses t by AUC on the selection half and reports AUC, ASR and TPR@1%FPR with 95%
-bootstrap CIs on the report half (METHODS section 5). Beside them: the chosen t, the queries
+bootstrap CIs on the report half (docs/methods.md, section 5). Beside them: the chosen t, the queries
 per sample at that t, and the wall time per 1,000 images, both for the whole timestep sweep
 and for one pass at the chosen t alone (measured on up to 256 images and scaled).
 
@@ -66,7 +66,7 @@ CIFAR_UNET = {
 #: Timing pass at the chosen t: this many images at most, scaled to 1,000.
 TIMING_IMAGES = 256
 
-#: METHODS section 5b: the SimA authors' table (AUC / TPR@1%FPR, best over t), for comparison.
+#: The SimA authors' table (AUC / TPR@1%FPR, best over t), for comparison.
 PUBLISHED = {
     "DDPM CIFAR-10": {"sima": (.905, .359), "pia": (.919, .295), "secmi": (.897, .334), "loss": (.847, .241), "pfami": (.803, .082)},
     "DDPM CIFAR-100": {"sima": (.899, .388), "pia": (.896, .288), "secmi": (.886, .300), "loss": (.822, .196), "pfami": (.771, .084)},
@@ -514,7 +514,7 @@ def markdown(payload: dict) -> str:
                          f"{r['queries_per_sample_at_t']} | {r['queries_per_sample_grid']} | {r['s_per_1000_images_at_t']:.1f} | "
                          f"{r['sweep_s_per_1000_images']:.1f} |")
         lines += ["", *comparisons_table(entry), ordering_note(entry["attacks"], entry.get("comparisons") or []), ""]
-    lines += ["### Beside the published figures (METHODS section 5b)", "",
+    lines += ["### Beside the published figures (the SimA authors' table)", "",
               "AUC / TPR@1%FPR. Ours: report half, point values (CIs above). Published: best over t on the "
               "evaluation labels.", "", headline(payload), "",
               "The published figures pick each metric's best t on the evaluation labels; ours choose t on a "

@@ -1,4 +1,4 @@
-"""Audits: the evaluation protocol of METHODS section 5, from images to an AuditResult.
+"""Audits: the evaluation protocol of docs/methods.md, section 5, from images to an AuditResult.
 
 Members and non-members are each split 50/50 (seeded) into a selection half and a report
 half. The timestep is chosen on the selection half only; every reported metric comes from

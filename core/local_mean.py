@@ -1,4 +1,4 @@
-"""The kernel-weighted local mean of METHODS section 2, and the neighbours that make it up.
+"""The kernel-weighted local mean of docs/methods.md, section 2, and the neighbours that make it up.
 
 For a reference set y_1 .. y_M and a query x at noise level abar (alphas_cumprod[t]):
 
@@ -348,7 +348,7 @@ def explain(
 
 
 def tweedie_x0(model: DiffusionModel, x: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
-    """The model's own estimate of the local mean (METHODS section 2), in model space:
+    """The model's own estimate of the local mean (docs/methods.md, section 2), in model space:
     x0_hat = (x - sqrt(1 - abar_t) eps_theta(x, t)) / sqrt(abar_t), typed like ``x``.
 
     Computed in float64 because at large t dividing by sqrt(abar_t) magnifies rounding.

@@ -1,4 +1,4 @@
-"""Membership metrics (METHODS section 4), calibrated single-image verdicts (section 5), and
+"""Membership metrics (docs/methods.md, section 4), calibrated single-image verdicts (section 5), and
 paired comparisons of two attacks on the same samples.
 
 Conventions used throughout:
@@ -35,7 +35,7 @@ N_BOOTSTRAP = 1000
 #: :func:`small_sample_warning`).
 MIN_CI_SAMPLES = 25
 
-#: The two target FPRs every report carries (METHODS section 4).
+#: The two target FPRs every report carries (docs/methods.md, section 4).
 _REPORTED_FPRS = (0.01, 0.001)
 
 
@@ -391,7 +391,7 @@ def evaluate(
     seed: int = 0,
     confidence: float = 0.95,
 ) -> Metrics:
-    """All metrics of METHODS section 4 with percentile bootstrap CIs.
+    """All metrics of docs/methods.md, section 4 with percentile bootstrap CIs.
 
     Each resample draws members and non-members separately, with replacement, keeping both
     counts, so every resample has both classes and the same measurability as the full data:

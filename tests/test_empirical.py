@@ -1,4 +1,4 @@
-"""The empirical optimal denoiser against METHODS section 2, on tiny synthetic reference sets."""
+"""The empirical optimal denoiser against docs/methods.md, section 2, on tiny synthetic reference sets."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The Attack interface and the timestep sweep every attack shares.
 
-An attack turns one sample at one timestep into a statistic (METHODS section 3). Its
+An attack turns one sample at one timestep into a statistic (docs/methods.md, section 3). Its
 hyperparameters are set in ``__init__`` and nothing else happens there. Randomness comes only
 from noise passed in explicitly, or drawn from an explicit ``torch.Generator``.
 

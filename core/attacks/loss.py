@@ -1,12 +1,12 @@
-"""The loss attack: the model's own training loss at one fresh noise draw (METHODS section 3).
+"""The loss attack: the model's own training loss at one fresh noise draw (docs/methods.md, section 3).
 
 Matsumoto et al., "Membership Inference Attacks against Diffusion Models" (2023), and the
 "Loss" baseline of SecMI and PIA: members were trained on, so the denoising error is lower.
 
     statistic = || eps - eps_theta(x_t(eps), t) ||_2^2,  eps ~ N(0, I)     (member when lower)
 
-One query and one noise draw per sample and timestep. METHODS leaves open whether to sum or
-average over entries: we sum, as METHODS' norm notation says; the mean differs by the constant
+One query and one noise draw per sample and timestep. The papers leave open whether to sum or
+average over entries: we sum, as the norm notation of docs/methods.md says; the mean differs by the constant
 C*H*W and ranks identically. The noise is drawn fresh per (sample, t) through the sweep's keyed
 noise, as the baseline draws fresh noise per evaluation.
 """

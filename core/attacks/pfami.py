@@ -1,4 +1,4 @@
-"""PFAMI, metric variant without a reference model (METHODS section 3).
+"""PFAMI, metric variant without a reference model (docs/methods.md, section 3).
 
 Fu et al., "A Probabilistic Fluctuation based Membership Inference Attack for Diffusion
 Models" (PFAMI). A member sits at a local maximum of the model's likelihood, so slightly
@@ -13,7 +13,7 @@ It costs len(timesteps) x (len(lambdas) + 1) = 10 x 11 = 110 queries per sample,
 evaluation counted (the SimA paper's table lists 20), and it ignores the sweep's t
 (``uses_timestep = False``): its own grid of steps replaces it.
 
-Choices METHODS leaves open:
+Choices the papers leave open:
 
 - Noise: one standard normal draw eps_s per PFAMI step s and sample, shared by the image and
   all its neighbours (common random numbers), so that each relative difference measures the

@@ -1,4 +1,4 @@
-"""PIA and PIAN, the proximal initialization attacks (METHODS section 3).
+"""PIA and PIAN, the proximal initialization attacks (docs/methods.md, section 3).
 
 Kong et al., "An Efficient Membership Inference Attack for the Diffusion Model by Proximal
 Initialization" (ICLR 2024). Instead of fresh noise, PIA noises x0 with the model's own noise
@@ -7,10 +7,10 @@ x_t(eps0) moves from eps0:
 
     R = || eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps0, t) - eps0 ||_p^p,  p = 4.
 
-Two queries per sample and no randomness. Where METHODS is silent we follow the paper's code:
+Two queries per sample and no randomness. Where the paper is silent we follow the paper's code:
 
 - the exponent is a hyperparameter ``p`` (the paper's ``lp``, default 4), and the statistic is
-  the p-th power of the norm, as METHODS writes it (the root would not change any ranking);
+  the p-th power of the norm, as docs/methods.md writes it (the root would not change any ranking);
 - PIAN rescales eps0 per sample so that its mean absolute value is that of a standard normal,
   sqrt(2 / pi): eps0 * sqrt(2 / pi) / mean(|eps0|), the mean taken over all entries of the
   sample. The paper introduces this because eps_theta(x0, 0) is not distributed like the

@@ -1,4 +1,4 @@
-"""SecMI (stat): the error of one deterministic DDIM round trip (METHODS section 3).
+"""SecMI (stat): the error of one deterministic DDIM round trip (docs/methods.md, section 3).
 
 Duan et al., "Are Diffusion Models Vulnerable to Membership Inference Attacks?" (ICML 2023).
 x0 is inverted with deterministic DDIM steps of stride k up to the comparison step t, giving
@@ -12,10 +12,10 @@ x_u = sqrt(abar_u) * (x_s - sqrt(1 - abar_s) e) / sqrt(abar_s) + sqrt(1 - abar_u
 
 Naming: the timestep t of this attack is the step where the comparison happens. SecMI's own
 code names a comparison by its upper step t + k: its "t_sec = 100" compares at 90
-(90 -> 100 -> 90), which is our t = 90. METHODS' default t = 100 is in our naming (SecMI's
+(90 -> 100 -> 90), which is our t = 90. The usual default t = 100 is in our naming (SecMI's
 t_sec = 110). The attack itself has no default t: the sweep's grid supplies it.
 
-Choices METHODS leaves open:
+Choices the papers leave open:
 
 - Inversion steps run 0 -> k -> 2k -> ... as in SecMI's code. When t is not a multiple of k, the
   last inversion step is shorter (... -> floor(t / k) k -> t) and the round trip still uses a

@@ -1,4 +1,4 @@
-"""SimA and its Monte Carlo variant (METHODS section 3): the norm of the predicted noise."""
+"""SimA and its Monte Carlo variant (docs/methods.md, section 3): the norm of the predicted noise."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class SimAMC(Attack):
     """Monte Carlo SimA over ``k`` noise draws at x_t(eps_k).
 
     ``reduce="mean_norm"``: the mean over k of ||eps_theta(x_t(eps_k), t)||_p.
-    ``reduce="norm_of_mean"``: ||mean_k eps_theta(x_t(eps_k), t)||_p, the quantity of METHODS
+    ``reduce="norm_of_mean"``: ||mean_k eps_theta(x_t(eps_k), t)||_p, the quantity of docs/methods.md,
     section 2 whose expectation points from the local mean to x0.
     """
 

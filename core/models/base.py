@@ -2,7 +2,7 @@
 
 Attacks, local means and audits only ever see a :class:`DiffusionModel`. Adapters (pixel,
 latent, empirical) turn whatever a model predicts (eps, v or x0, with or without a learned
-variance half) into the noise prediction of METHODS section 1.
+variance half) into the noise prediction of docs/methods.md, section 1.
 """
 
 from __future__ import annotations

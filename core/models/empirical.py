@@ -1,4 +1,4 @@
-"""The empirical optimal denoiser (METHODS section 2): a "model" that memorises perfectly.
+"""The empirical optimal denoiser (docs/methods.md, section 2): a "model" that memorises perfectly.
 
 Over a finite reference set the noise predictor that minimises the DDPM training loss exactly is
 

@@ -2,8 +2,8 @@
 
 Attacks run in latent space: an image x0 in [-1, 1] becomes z0 = s * (E(x0) - b), where E is
 the encoder's posterior MEAN (an ``AutoencoderKL``) or its pre-quantisation output (a
-``VQModel``), never a sample, so scores are deterministic. The scaling factor s comes from the
-autoencoder's own config FILE (``scaling_factor``) unless overridden, not from diffusers'
+``VQModel``), never a sample, so scores are deterministic (docs/methods.md, section 1). The
+scaling factor s comes from the autoencoder's own config FILE (``scaling_factor``) unless overridden, not from diffusers'
 config object, which fills a missing one with 0.18215 without saying so: a config without it
 is an error that says how to pass it. The shift b comes from ``shift_factor`` (0 when the
 config has none, as in Stable Diffusion 1.x, 2.x and SDXL). Both change every score, so both
