@@ -133,7 +133,7 @@ def learning_curve(members: torch.Tensor, heldout: torch.Tensor, abar: torch.Ten
         for t in CURVE_TIMESTEPS:
             # a plain loop, not sweep(): a calibration per checkpoint would cost more than the curve
             stats = torch.cat([attack.statistic(model, images[i:i + 128], t) for i in range(0, len(images), 128)])
-            aucs[t] = round(auc(membership_scores(stats.numpy(), attack.member_when), labels), 4)
+            aucs[t] = round(auc(scores=membership_scores(stats.numpy(), attack.member_when), labels=labels), 4)
         curve.append({"step": step, "sima_auc": aucs})
         print(f"step {step}: SimA AUC by t {aucs}", flush=True)
 

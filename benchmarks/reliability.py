@@ -256,7 +256,7 @@ def _measurable(n_nonmembers: int) -> bool:
 def check_metrics(scores: np.ndarray, labels: np.ndarray, seed: int) -> tuple[str, str]:
     expect_error = (labels.sum() in (0, labels.size)) or not np.isfinite(scores).all()
     try:
-        result = metrics.evaluate(scores, labels, n_bootstrap=20, seed=seed)
+        result = metrics.evaluate(membership_scores=scores, labels=labels, n_bootstrap=20, seed=seed)
     except DataError as error:
         if not expect_error:
             return CRASHED, f"refused a valid input: {error}"

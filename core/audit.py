@@ -88,9 +88,9 @@ def choose_timestep(stats: np.ndarray, labels: np.ndarray, member_when: str, tim
     for j in range(len(timesteps)):
         scores = metrics.membership_scores(stats[:, j], member_when)
         if select == "auc":
-            values.append(metrics.auc(scores, labels))
+            values.append(metrics.auc(scores=scores, labels=labels))
         else:
-            values.append(metrics.tpr_at_fpr(scores, labels, 0.01).value)
+            values.append(metrics.tpr_at_fpr(scores=scores, labels=labels, target_fpr=0.01).value)
     if all(v is None for v in values):
         raise DataError(
             "TPR@1%FPR cannot be measured on the selection half (it needs at least 100 non-members there); "
@@ -299,7 +299,7 @@ def _assemble(*, statistics, labels, selection_half, timesteps, member_when, sel
     sel, rep = selection_half, ~selection_half
     best, sel_values = choose_timestep(statistics[sel], labels[sel], member_when, timesteps, select)
     sel_auc = sel_values if select == "auc" else [
-        metrics.auc(metrics.membership_scores(statistics[sel, j], member_when), labels[sel]) for j in range(len(timesteps))
+        metrics.auc(scores=metrics.membership_scores(statistics[sel, j], member_when), labels=labels[sel]) for j in range(len(timesteps))
     ]
     per_t = []
     for j, t in enumerate(timesteps):
@@ -307,9 +307,9 @@ def _assemble(*, statistics, labels, selection_half, timesteps, member_when, sel
         per_t.append({
             "t": int(t),
             "selection_auc": sel_auc[j],
-            "auc": metrics.auc(scores, labels[rep]),
-            "asr": metrics.asr(scores, labels[rep]),
-            "tpr_at_1pct_fpr": metrics.tpr_at_fpr(scores, labels[rep], 0.01).value,
+            "auc": metrics.auc(scores=scores, labels=labels[rep]),
+            "asr": metrics.asr(scores=scores, labels=labels[rep]),
+            "tpr_at_1pct_fpr": metrics.tpr_at_fpr(scores=scores, labels=labels[rep], target_fpr=0.01).value,
         })
     report_scores = metrics.membership_scores(statistics[rep, best], member_when)
     return AuditResult(
@@ -322,7 +322,7 @@ def _assemble(*, statistics, labels, selection_half, timesteps, member_when, sel
         seed=seed,
         n_bootstrap=n_bootstrap,
         chosen_t=int(timesteps[best]),
-        metrics=metrics.evaluate(report_scores, labels[rep], n_bootstrap=n_bootstrap, seed=seed),
+        metrics=metrics.evaluate(membership_scores=report_scores, labels=labels[rep], n_bootstrap=n_bootstrap, seed=seed),
         per_t=per_t,
         **rest,
     )

@@ -7,6 +7,8 @@ Conventions used throughout:
 - Every metric takes *membership scores*, where higher means "more likely a member".
   ``membership_scores`` is the one place where a raw attack statistic becomes such a score.
 - A threshold ``tau`` flags a sample as a member when ``score >= tau``.
+- Functions that take both labels and scores take them in scikit-learn's order,
+  ``(labels, scores)``, as ``roc_auc_score(y_true, y_score)`` does.
 - ROC curves use every distinct score as a threshold, never a fixed grid, so outlying scores
   cannot distort them.
 - TPR at a target FPR only uses ROC points whose realised FPR is at or below the target, and
@@ -127,7 +129,7 @@ def _check_fraction(value: float, name: str) -> float:
 # --------------------------------------------------------------------------- point metrics
 
 
-def roc(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) over every distinct score, members positive.
 
     Thresholds decrease; point i flags ``score >= thresholds[i]``. ``thresholds[0]`` is +inf
@@ -138,7 +140,7 @@ def roc(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return fpr, tpr, thresholds
 
 
-def auc(scores: Any, labels: Any) -> float:
+def auc(labels: Any, scores: Any) -> float:
     """Area under the ROC: P(member score > non-member score) + 0.5 P(tie)."""
     s, y = _validate(scores, labels)
     return float(roc_auc_score(y, s))
@@ -148,9 +150,9 @@ def _asr_from_roc(fpr: np.ndarray, tpr: np.ndarray) -> float:
     return float(np.max((tpr + 1.0 - fpr) / 2.0))
 
 
-def asr(scores: Any, labels: Any) -> float:
+def asr(labels: Any, scores: Any) -> float:
     """Attack success rate: the best balanced accuracy, max over thresholds of (TPR + 1 - FPR) / 2."""
-    fpr, tpr, _ = roc(scores, labels)
+    fpr, tpr, _ = roc(scores=scores, labels=labels)
     return _asr_from_roc(fpr, tpr)
 
 
@@ -195,7 +197,7 @@ def _not_measurable_reason(n_nonmembers: int, target_fpr: float) -> str | None:
     )
 
 
-def tpr_at_fpr(scores: Any, labels: Any, target_fpr: float) -> TprAtFpr:
+def tpr_at_fpr(labels: Any, scores: Any, target_fpr: float) -> TprAtFpr:
     """Highest TPR with realised FPR <= ``target_fpr``, with that FPR and its threshold."""
     target_fpr = _check_fraction(target_fpr, "target_fpr")
     s, y = _validate(scores, labels)
@@ -384,8 +386,8 @@ class Metrics:
 
 
 def evaluate(
-    membership_scores: Any,
     labels: Any,
+    membership_scores: Any,
     *,
     n_bootstrap: int = N_BOOTSTRAP,
     seed: int = 0,
@@ -409,7 +411,7 @@ def evaluate(
     s, y = _validate(membership_scores, labels)
     fpr, tpr, _ = roc_curve(y, s, pos_label=True, drop_intermediate=False)
     point_auc, point_asr = float(roc_auc_score(y, s)), _asr_from_roc(fpr, tpr)
-    points = [tpr_at_fpr(s, y, target) for target in _REPORTED_FPRS]
+    points = [tpr_at_fpr(scores=s, labels=y, target_fpr=target) for target in _REPORTED_FPRS]
 
     auc_ci = asr_ci = (None, None)
     tpr_cis: list[tuple[float | None, float | None]] = [(None, None)] * len(points)

@@ -148,7 +148,7 @@ def statistic_range(statistics: np.ndarray) -> tuple[float, float]:
 def report_roc(result) -> tuple[np.ndarray, np.ndarray]:
     """(fpr, tpr) of an audit on its report half at its chosen t."""
     mask = result.report_mask()
-    fpr, tpr, _ = metrics.roc(result.membership_scores()[mask], result.labels[mask])
+    fpr, tpr, _ = metrics.roc(scores=result.membership_scores()[mask], labels=result.labels[mask])
     return fpr, tpr
 
 

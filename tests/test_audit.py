@@ -35,7 +35,7 @@ def test_timestep_is_chosen_on_the_selection_half_only():
     result = _assemble_synthetic(stats, labels, sel)
     assert result.chosen_t == 10
     assert result.per_t[0]["selection_auc"] == 1.0 and result.per_t[1]["auc"] == 1.0
-    report_auc = metrics.auc(-stats[~sel, 0], labels[~sel])
+    report_auc = metrics.auc(scores=-stats[~sel, 0], labels=labels[~sel])
     assert result.metrics.auc.value == pytest.approx(report_auc)
     assert result.metrics.auc.value < 0.9
 

@@ -75,7 +75,7 @@ def test_roc_figure_draws_the_report_half_roc_and_chance(result):
     fig = charts.roc_figure({"sima": result})
     assert [t.name for t in fig.data] == [f"sima (t = {result.chosen_t})", "chance"]
     mask = result.report_mask()
-    fpr, tpr, _ = metrics.roc(result.membership_scores()[mask], result.labels[mask])
+    fpr, tpr, _ = metrics.roc(scores=result.membership_scores()[mask], labels=result.labels[mask])
     assert np.allclose(fig.data[0].x, fpr) and np.allclose(fig.data[0].y, tpr)
     assert fig.layout.xaxis.type == "linear" and fig.layout.yaxis.type == "linear"
 

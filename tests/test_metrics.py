@@ -94,8 +94,8 @@ def test_membership_scores_direction():
 def test_membership_scores_make_lower_is_member_statistics_rank_members_first():
     noise_norm = np.array([0.1, 0.2, 5.0, 6.0])  # members have the small norms
     labels = [1, 1, 0, 0]
-    assert auc(membership_scores(noise_norm, "lower"), labels) == 1.0
-    assert auc(membership_scores(noise_norm, "higher"), labels) == 0.0
+    assert auc(scores=membership_scores(noise_norm, "lower"), labels=labels) == 1.0
+    assert auc(scores=membership_scores(noise_norm, "higher"), labels=labels) == 0.0
 
 
 def test_membership_scores_returns_a_copy_and_keeps_shape():
@@ -118,7 +118,7 @@ def test_membership_scores_rejects_unknown_direction(bad):
 @given(labelled())
 def test_roc_is_every_distinct_threshold(data):
     s, y = data
-    fpr, tpr, thr = roc(s, y)
+    fpr, tpr, thr = roc(scores=s, labels=y)
     expected = brute_points(s, y)
     assert len(thr) == len(expected) == len(set(s.tolist())) + 1
     for (t, f, p), (bt, bf, bp) in zip(zip(thr, fpr, tpr), expected):
@@ -129,7 +129,7 @@ def test_roc_is_every_distinct_threshold(data):
 @given(labelled())
 def test_auc_matches_sklearn_and_pairwise_brute_force(data):
     s, y = data
-    value = auc(s, y)
+    value = auc(scores=s, labels=y)
     assert value == pytest.approx(brute_auc(s, y), abs=1e-12)
     assert value == pytest.approx(roc_auc_score(y, s), abs=1e-12)
 
@@ -138,15 +138,15 @@ def test_auc_matches_sklearn_and_pairwise_brute_force(data):
 @given(labelled())
 def test_asr_matches_brute_force_over_all_thresholds(data):
     s, y = data
-    assert asr(s, y) == pytest.approx(brute_asr(s, y), abs=1e-12)
+    assert asr(scores=s, labels=y) == pytest.approx(brute_asr(s, y), abs=1e-12)
 
 
 @FUZZ
 @given(labelled())
 def test_members_are_the_positive_class(data):
     s, y = data
-    assert auc(s, 1 - y) == pytest.approx(1 - auc(s, y), abs=1e-12)
-    fpr, tpr, _ = roc(s, y)
+    assert auc(scores=s, labels=1 - y) == pytest.approx(1 - auc(scores=s, labels=y), abs=1e-12)
+    fpr, tpr, _ = roc(scores=s, labels=y)
     sk_fpr, sk_tpr, _ = roc_curve(y, s, pos_label=1, drop_intermediate=False)
     np.testing.assert_allclose(fpr, sk_fpr)
     np.testing.assert_allclose(tpr, sk_tpr)
@@ -155,22 +155,22 @@ def test_members_are_the_positive_class(data):
 def test_members_scoring_higher_give_perfect_metrics():
     s = np.concatenate([np.linspace(10, 11, 50), np.linspace(0, 1, 200)])
     y = np.r_[np.ones(50), np.zeros(200)]
-    assert auc(s, y) == 1.0 and asr(s, y) == 1.0
-    result = tpr_at_fpr(s, y, 0.01)
+    assert auc(scores=s, labels=y) == 1.0 and asr(scores=s, labels=y) == 1.0
+    result = tpr_at_fpr(scores=s, labels=y, target_fpr=0.01)
     assert result.value == 1.0 and result.realised_fpr == 0.0 and result.threshold == 10.0
 
 
 def test_constant_scores_are_chance():
     s, y = np.full(8, 2.5), [1, 0, 1, 0, 1, 1, 0, 0]
-    assert auc(s, y) == 0.5 and asr(s, y) == 0.5
-    fpr, tpr, _ = roc(s, y)
+    assert auc(scores=s, labels=y) == 0.5 and asr(scores=s, labels=y) == 0.5
+    fpr, tpr, _ = roc(scores=s, labels=y)
     np.testing.assert_array_equal(fpr, [0, 1])
     np.testing.assert_array_equal(tpr, [0, 1])
 
 
 def test_ties_count_half():
     # member 1 ties non-member 1, beats non-member 0: (0.5 + 1) / 2
-    assert auc([1.0, 1.0, 0.0], [1, 0, 0]) == 0.75
+    assert auc(scores=[1.0, 1.0, 0.0], labels=[1, 0, 0]) == 0.75
 
 
 # --------------------------------------------------------------------------- TPR at FPR
@@ -180,7 +180,7 @@ def test_ties_count_half():
 @given(labelled(max_size=40), st.floats(0.005, 1.0))
 def test_tpr_at_fpr_is_best_point_within_target(data, target):
     s, y = data
-    result = tpr_at_fpr(s, y, target)
+    result = tpr_at_fpr(scores=s, labels=y, target_fpr=target)
     n0 = int(np.sum(y == 0))
     assert result.target_fpr == target
     if n0 < 1 / target:
@@ -200,7 +200,7 @@ def test_tpr_at_fpr_never_reads_the_point_just_above_target():
     # Two tied non-members on top: FPR jumps from 0 to 2%, so nothing in between is reachable.
     s = np.concatenate([np.full(50, 10.0), [11.0, 11.0], np.zeros(98)])
     y = np.r_[np.ones(50), np.zeros(100)]
-    result = tpr_at_fpr(s, y, 0.01)
+    result = tpr_at_fpr(scores=s, labels=y, target_fpr=0.01)
     assert result.value == 0.0 and result.realised_fpr == 0.0
     assert result.threshold > 11.0 and not np.any(s >= result.threshold)
     assert json.dumps(Estimate(result.value, target_fpr=0.01, threshold=result.threshold).to_dict())
@@ -210,25 +210,25 @@ def test_tpr_at_fpr_reports_the_lowest_fpr_for_the_best_tpr():
     # One non-member just below every member: including it adds FPR but no TPR.
     s = np.concatenate([np.full(10, 5.0), [4.0], np.zeros(99)])
     y = np.r_[np.ones(10), np.zeros(100)]
-    result = tpr_at_fpr(s, y, 0.05)
+    result = tpr_at_fpr(scores=s, labels=y, target_fpr=0.05)
     assert result.value == 1.0 and result.realised_fpr == 0.0 and result.threshold == 5.0
 
 
 @pytest.mark.parametrize("target, n_ok", [(0.001, 1000), (0.01, 100)])
 def test_tpr_at_fpr_needs_one_over_target_nonmembers(target, n_ok):
     s, y = gaussian_data(50, n_ok - 1)
-    result = tpr_at_fpr(s, y, target)
+    result = tpr_at_fpr(scores=s, labels=y, target_fpr=target)
     assert not result.measurable and result.value is None and result.threshold is None
     assert f"at least {n_ok} non-members" in result.reason and str(n_ok - 1) in result.reason
     s, y = gaussian_data(50, n_ok)
-    assert tpr_at_fpr(s, y, target).measurable
+    assert tpr_at_fpr(scores=s, labels=y, target_fpr=target).measurable
 
 
 @pytest.mark.parametrize("target", [0, -0.1, 1.5, float("nan"), "1%", True])
 def test_tpr_at_fpr_rejects_bad_targets(target):
     s, y = gaussian_data(5, 5)
     with pytest.raises(SimaError):
-        tpr_at_fpr(s, y, target)
+        tpr_at_fpr(scores=s, labels=y, target_fpr=target)
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -246,17 +246,17 @@ def test_vectorised_resample_metrics_match_the_public_functions():
     for b in range(20):
         rs = np.concatenate([s[y][idx1[b]], s[~y][idx0[b]]])
         ry = np.r_[np.ones(30), np.zeros(60)]
-        assert aucs[b] == pytest.approx(auc(rs, ry), abs=1e-12)
-        assert asrs[b] == pytest.approx(asr(rs, ry), abs=1e-12)
+        assert aucs[b] == pytest.approx(auc(scores=rs, labels=ry), abs=1e-12)
+        assert asrs[b] == pytest.approx(asr(scores=rs, labels=ry), abs=1e-12)
         for k, target in enumerate(targets):
-            assert tprs[k][b] == pytest.approx(tpr_at_fpr(rs, ry, target).value, abs=1e-12)
+            assert tprs[k][b] == pytest.approx(tpr_at_fpr(scores=rs, labels=ry, target_fpr=target).value, abs=1e-12)
 
 
 def test_evaluate_is_deterministic_and_seeded():
     s, y = gaussian_data(120, 150)
-    a, b = evaluate(s, y, n_bootstrap=200, seed=7), evaluate(s, y, n_bootstrap=200, seed=7)
+    a, b = evaluate(membership_scores=s, labels=y, n_bootstrap=200, seed=7), evaluate(membership_scores=s, labels=y, n_bootstrap=200, seed=7)
     assert a == b
-    c = evaluate(s, y, n_bootstrap=200, seed=8)
+    c = evaluate(membership_scores=s, labels=y, n_bootstrap=200, seed=8)
     assert (a.auc.ci_low, a.auc.ci_high) != (c.auc.ci_low, c.auc.ci_high)
     assert a.auc.value == c.auc.value
 
@@ -264,12 +264,12 @@ def test_evaluate_is_deterministic_and_seeded():
 def test_evaluate_does_not_depend_on_sample_order():
     s, y = gaussian_data(40, 60, seed=2)
     order = np.random.default_rng(0).permutation(s.size)
-    assert evaluate(s, y, n_bootstrap=100) == evaluate(s[order], y[order], n_bootstrap=100)
+    assert evaluate(membership_scores=s, labels=y, n_bootstrap=100) == evaluate(membership_scores=s[order], labels=y[order], n_bootstrap=100)
 
 
 def test_evaluate_point_estimates_and_cis():
     s, y = gaussian_data(300, 400, shift=1.5, seed=1)
-    m = evaluate(s, y, n_bootstrap=300, seed=0)
+    m = evaluate(membership_scores=s, labels=y, n_bootstrap=300, seed=0)
     assert isinstance(m, Metrics)
     assert (m.n_members, m.n_nonmembers, m.n_bootstrap, m.seed, m.confidence) == (300, 400, 300, 0, 0.95)
     assert m.auc.value == pytest.approx(brute_auc(s, y))
@@ -279,7 +279,7 @@ def test_evaluate_point_estimates_and_cis():
     for est in (m.auc, m.asr, m.tpr_at_1pct_fpr):
         assert est.ci_low <= est.value <= est.ci_high and est.ci_low < est.ci_high
     # a wider confidence level gives a wider interval from the same resamples
-    wide = evaluate(s, y, n_bootstrap=300, seed=0, confidence=0.99)
+    wide = evaluate(membership_scores=s, labels=y, n_bootstrap=300, seed=0, confidence=0.99)
     assert wide.auc.ci_low <= m.auc.ci_low and wide.auc.ci_high >= m.auc.ci_high
     # 400 non-members: 0.1% is not measurable and gets no number and no CI
     t = m.tpr_at_0_1pct_fpr
@@ -290,7 +290,7 @@ def test_evaluate_point_estimates_and_cis():
 def test_auc_ci_is_close_to_its_normal_approximation():
     # Hanley-McNeil standard error of the AUC; the percentile interval should match its width.
     s, y = gaussian_data(500, 500, shift=1.0, seed=4)
-    m = evaluate(s, y, n_bootstrap=1000, seed=0)
+    m = evaluate(membership_scores=s, labels=y, n_bootstrap=1000, seed=0)
     a, n1, n0 = m.auc.value, 500, 500
     q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
     se = math.sqrt((a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0))
@@ -299,17 +299,17 @@ def test_auc_ci_is_close_to_its_normal_approximation():
 
 def test_bootstrap_is_stratified():
     # One member: an unstratified resample of 6 would hold no member a third of the time.
-    m = evaluate([5.0, 1, 2, 3, 4, 0], [1, 0, 0, 0, 0, 0], n_bootstrap=200)
+    m = evaluate(membership_scores=[5.0, 1, 2, 3, 4, 0], labels=[1, 0, 0, 0, 0, 0], n_bootstrap=200)
     assert m.auc.value == m.auc.ci_low == m.auc.ci_high == 1.0
     # Member 5 against {1, 2, 3, 4, 6}: each resample's AUC is Binomial(5, 0.8) / 5, whose
     # 2.5% and 97.5% quantiles are 0.4 and 1.0.
-    m = evaluate([5.0, 1, 2, 3, 4, 6], [1, 0, 0, 0, 0, 0], n_bootstrap=200)
+    m = evaluate(membership_scores=[5.0, 1, 2, 3, 4, 6], labels=[1, 0, 0, 0, 0, 0], n_bootstrap=200)
     assert m.auc.value == pytest.approx(0.8) and (m.auc.ci_low, m.auc.ci_high) == (0.4, 1.0)
 
 
 def test_no_bootstrap_gives_no_cis():
     s, y = gaussian_data(50, 150)
-    m = evaluate(s, y, n_bootstrap=0)
+    m = evaluate(membership_scores=s, labels=y, n_bootstrap=0)
     for est in (m.auc, m.asr, m.tpr_at_1pct_fpr, m.tpr_at_0_1pct_fpr):
         assert est.ci_low is None and est.ci_high is None
     assert m.auc.value is not None and "no confidence intervals" in m.summary()
@@ -317,7 +317,7 @@ def test_no_bootstrap_gives_no_cis():
 
 def test_to_dict_keys_and_json_safety():
     s, y = gaussian_data(50, 150)
-    d = evaluate(s, y, n_bootstrap=50).to_dict()
+    d = evaluate(membership_scores=s, labels=y, n_bootstrap=50).to_dict()
     assert list(d) == ["auc", "asr", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr"]
     assert set(d["auc"]) == set(d["asr"]) == {"value", "ci_low", "ci_high"}
     for key in ("tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr"):
@@ -333,7 +333,7 @@ def test_to_dict_keys_and_json_safety():
 def test_evaluate_rejects_bad_settings(kwargs):
     s, y = gaussian_data(5, 5)
     with pytest.raises(SimaError):
-        evaluate(s, y, **kwargs)
+        evaluate(membership_scores=s, labels=y, **kwargs)
 
 
 # --------------------------------------------------------------------------- robustness
@@ -343,8 +343,8 @@ ALL_METRICS = [
     roc,
     auc,
     asr,
-    lambda s, y: tpr_at_fpr(s, y, 0.01),
-    lambda s, y: evaluate(s, y, n_bootstrap=10),
+    lambda labels, scores: tpr_at_fpr(scores=scores, labels=labels, target_fpr=0.01),
+    lambda labels, scores: evaluate(membership_scores=scores, labels=labels, n_bootstrap=10),
 ]
 
 
@@ -367,12 +367,12 @@ ALL_METRICS = [
 )
 def test_bad_inputs_raise_data_error(metric, scores, labels, message):
     with pytest.raises(DataError, match=message):
-        metric(scores, labels)
+        metric(labels=labels, scores=scores)
 
 
 def test_boolean_and_float_labels_are_accepted():
     s = [0.3, 0.1, 0.9]
-    assert auc(s, [True, False, True]) == auc(s, [1.0, 0.0, 1.0]) == auc(s, np.array([1, 0, 1], np.uint8))
+    assert auc(scores=s, labels=[True, False, True]) == auc(scores=s, labels=[1.0, 0.0, 1.0]) == auc(scores=s, labels=np.array([1, 0, 1], np.uint8))
 
 
 @FUZZ
@@ -382,7 +382,7 @@ def test_boolean_and_float_labels_are_accepted():
 )
 def test_fuzz_evaluate_returns_or_raises_data_error(scores, labels):
     try:
-        m = evaluate(scores, labels, n_bootstrap=5, seed=1)
+        m = evaluate(membership_scores=scores, labels=labels, n_bootstrap=5, seed=1)
     except DataError:
         return
     json.dumps(m.to_dict(), allow_nan=False)
@@ -487,3 +487,14 @@ def test_small_samples_are_warned_with_the_exact_chance_of_a_perfect_auc():
     assert "once in 70," in text and "too few" in text
     assert metrics.small_sample_warning(metrics.MIN_CI_SAMPLES, metrics.MIN_CI_SAMPLES) is None
     assert metrics.small_sample_warning(500, metrics.MIN_CI_SAMPLES - 1) is not None
+
+
+def test_labels_come_before_scores_as_in_scikit_learn():
+    import inspect
+
+    from core import metrics
+
+    for function in (metrics.roc, metrics.auc, metrics.asr, metrics.tpr_at_fpr, metrics.evaluate):
+        assert list(inspect.signature(function).parameters)[:2] in (["labels", "scores"], ["labels", "membership_scores"])
+    y, s = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
+    assert auc(y, s) == roc_auc_score(y, s) == 0.75
