@@ -15,6 +15,7 @@ with a low CPU time means other processes held the cores. Writes
 benchmarks/results/app.json and prints a markdown table.
 
     python benchmarks/app.py [--threads 2] [--quick]
+    python benchmarks/app.py --estimates   # the Compare page's time estimates against real runs
 """
 
 from __future__ import annotations
@@ -121,11 +122,50 @@ def sweep(threads: int) -> dict:
     }
 
 
+ESTIMATES = OUT.parent / "compare-estimates.json"
+
+
+def estimates(attacks: list[str], per_side: int) -> dict:
+    """The Compare page's time estimate (one batch of each attack, core.audit.estimate_seconds)
+    against the audit it predicts, run right after it, on the page's default subset of the
+    memorising demo (``per_side`` members and non-members, five timesteps of the default grid)."""
+    from core import load_model
+    from core.attacks import get_attack
+    from core.audit import DEFAULT_TIMESTEPS, estimate_seconds, run_audit
+    from core.datasets import demo_sets
+    from explorer.sets import labelled_set, subset
+
+    model = load_model("digits-ddpm-memorising")
+    split = labelled_set(*demo_sets(model), "the model's own split")
+    data = subset(split, per_side, 0)
+    grid = list(DEFAULT_TIMESTEPS)[:: -(-len(DEFAULT_TIMESTEPS) // 5)]
+    rows = []
+    for name in attacks:
+        attack = get_attack(name)
+        estimate = estimate_seconds(model, attack, data.images(), grid)
+        start = time.perf_counter()
+        run_audit(model, data.members, data.nonmembers, attack=attack, timesteps=grid, n_bootstrap=1000)
+        real = time.perf_counter() - start
+        rows.append({"attack": name, "estimated_s": round(estimate, 2), "real_s": round(real, 2),
+                     "real_over_estimate": round(real / estimate, 2), "load_average_1min": round(os.getloadavg()[0], 2)})
+    return {"model": model.name, "images": len(data), "timesteps": grid, "rows": rows,
+            "within_1_5x": all(1 / 1.5 <= r["real_over_estimate"] <= 1.5 for r in rows)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the target is for 2 cores)")
     parser.add_argument("--quick", action="store_true", help="fewer slider moves, fewer pages")
+    parser.add_argument("--estimates", action="store_true",
+                        help="only the Compare page's time estimates against the real runs (compare-estimates.json)")
     args = parser.parse_args()
+    if args.estimates:
+        os.environ["SIMA_CACHE_DIR"] = tempfile.mkdtemp(prefix="sima-bench-")
+        record = estimates(["sima", "loss", "pia", "secmi"], 100)
+        ESTIMATES.write_text(json.dumps(record, indent=2) + "\n")
+        print("\n".join(f"{r['attack']}: estimated {r['estimated_s']} s, took {r['real_s']} s "
+                        f"({r['real_over_estimate']}x; load {r['load_average_1min']})" for r in record["rows"]))
+        return
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["SIMA_CACHE_DIR"] = tempfile.mkdtemp(prefix="sima-bench-")  # nothing cached before
     os.environ["SIMA_EXPLORER_GRID"] = GRID

@@ -8,7 +8,7 @@ through ``core.data.load_images`` and through the real ``sima score`` (each file
 driver process, and the whole corpus in one ``python -m core.cli`` process). Then random
 inputs, seeded with numpy: random and damaged byte strings and random valid images through
 ``core.images.load_image``, random score/label arrays through ``core.metrics.evaluate``, and
-random audits through the audit protocol (``core.audit.split_halves`` and ``_assemble``).
+random audits through the audit protocol (``core.audit.split_halves`` and ``assemble_result``).
 
 An input is handled when it gives a valid result (a finite tensor of the model's shape in
 [-1, 1]; metrics equal to a brute-force count) or is refused with a one-line message (naming
@@ -42,7 +42,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from core import metrics  # noqa: E402
-from core.audit import _assemble, split_halves  # noqa: E402
+from core.audit import assemble_result, split_halves  # noqa: E402
 from core.data import load_images  # noqa: E402
 from core.images import load_image  # noqa: E402
 from core.errors import DataError, ImageError  # noqa: E402
@@ -294,7 +294,7 @@ def check_audit(rng: np.random.Generator, seed: int) -> tuple[str, str]:
     labels = np.repeat([1, 0], [n_m, n_n])
     try:
         sel = split_halves(n_m, n_n, seed)
-        result = _assemble(
+        result = assemble_result(
             statistics=stats, labels=labels, selection_half=sel, timesteps=list(range(width)),
             member_when="lower", select=select, seed=seed, n_bootstrap=20, ids=[str(i) for i in range(n_m + n_n)],
             attack="sima", attack_params={}, model_fingerprint="f", model_name="random", queries_per_sample=1,

@@ -245,7 +245,7 @@ class AuditResult:
             arrays = np.load(folder / SCORES_FILE, allow_pickle=False)
         except (OSError, json.JSONDecodeError, ValueError) as exc:
             raise DataError(f"{folder} does not hold a readable audit ({exc}); run `sima audit --out {folder}` again.") from None
-        return _assemble(
+        return assemble_result(
             statistics=arrays["statistics"],
             labels=arrays["labels"],
             selection_half=arrays["selection_half"],
@@ -294,8 +294,11 @@ def _uses_timestep(attack: str) -> bool:
     return get_attack(attack).uses_timestep if attack in ATTACK_NAMES else True
 
 
-def _assemble(*, statistics, labels, selection_half, timesteps, member_when, select, seed, n_bootstrap, **rest) -> AuditResult:
-    """Choose t on the selection half and compute every report-half metric."""
+def assemble_result(*, statistics, labels, selection_half, timesteps, member_when, select, seed, n_bootstrap, **rest) -> AuditResult:
+    """An AuditResult from raw statistics (N, T), labels and the selection half: t chosen on the
+    selection half, every metric on the report half. ``rest`` holds the result's other fields
+    (ids, attack, model names, wall time...). Public so that statistics computed elsewhere (a
+    benchmark's synthetic scores, another engine) go through the same protocol."""
     sel, rep = selection_half, ~selection_half
     best, sel_values = choose_timestep(statistics[sel], labels[sel], member_when, timesteps, select)
     sel_auc = sel_values if select == "auc" else [
@@ -514,7 +517,7 @@ def audit_from_statistics(
     selection_half = split_halves(n_m, n_n, seed)
     labels = np.concatenate([np.ones(n_m, dtype=np.int64), np.zeros(n_n, dtype=np.int64)])
     baseline = blind_baseline(features, labels, selection_half, n_bootstrap=n_bootstrap, seed=seed)
-    result = _assemble(
+    result = assemble_result(
         statistics=statistics,
         labels=labels,
         selection_half=selection_half,

@@ -11,9 +11,13 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from core.errors import SimaError
+
+if TYPE_CHECKING:
+    from core.conditioning import CaptionTable
+    from core.models.base import DiffusionModel
 
 EXIT_USER_ERROR = 2
 
@@ -76,7 +80,7 @@ def _no_captions_on_ray(args, modes) -> None:
                         "--captions/--labels (or give --condition empty), or run without --engine ray.")
 
 
-def conditions(args, model, sources: Sequence[str]) -> list[tuple[str | None, object]]:
+def conditions(args: argparse.Namespace, model: DiffusionModel, sources: Sequence[str]) -> list[tuple[str | None, object]]:
     """(condition mode, captions table or None) for each mode the arguments ask for.
 
     ``--captions FILE`` reads a CSV / JSONL; ``--captions sidecar`` reads NAME.txt files beside
@@ -118,7 +122,7 @@ def conditions(args, model, sources: Sequence[str]) -> list[tuple[str | None, ob
     return [(mode, table if mode == "caption" else None) for mode in modes]
 
 
-def set_condition(table, ids: Sequence[str]):
+def set_condition(table: CaptionTable | None, ids: Sequence[str]) -> list[str] | None:
     """One set's conditioning for run_audit / score_images: captions by image id, or None."""
     return None if table is None else table.for_ids(list(ids))
 
@@ -170,7 +174,7 @@ def _audit_on_ray(args, model, attacks, timesteps) -> list:
         close()
 
 
-def cmd_audit(args) -> int:
+def cmd_audit(args: argparse.Namespace) -> int:
     from core.attacks import parse_attacks
     from core.audit import parse_timesteps, run_audit
     from core.cards import audit_notes, results_table, write_card
@@ -232,7 +236,7 @@ def _calibration(args, model):
     return Calibration(args.attack, args.t, None, "given")
 
 
-def cmd_score(args) -> int:
+def cmd_score(args: argparse.Namespace) -> int:
     from core.attacks import get_attack
     from core.scoring import CANNOT_JUDGE, score_images
     from core.sets import load_files, reference_set
@@ -284,7 +288,7 @@ def cmd_score(args) -> int:
     return EXIT_USER_ERROR if problems else 0
 
 
-def cmd_collection(args) -> int:
+def cmd_collection(args: argparse.Namespace) -> int:
     from core.collection import check_collection
     from core.scoring import calibrate
     from core.sets import load_files, reference_set
@@ -390,7 +394,7 @@ def _collection_on_ray(args, model, calibration, skipped):
     )
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from core.train import train
 
     folder = train(args.config, args.out, progress=not args.quiet)
@@ -398,7 +402,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_cache(args) -> int:
+def cmd_cache(args: argparse.Namespace) -> int:
     from core.cache import ScoreCache
 
     cache = ScoreCache(args.cache_dir)
@@ -412,7 +416,7 @@ def cmd_cache(args) -> int:
     return 0
 
 
-def cmd_convert(args) -> int:
+def cmd_convert(args: argparse.Namespace) -> int:
     from core.models.pytorch_ddpm import convert_checkpoint
 
     out = convert_checkpoint(args.checkpoint, args.out, allow_pickle=args.allow_pickle, weights=args.weights)
@@ -420,7 +424,7 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def cmd_explore(args) -> int:
+def cmd_explore(args: argparse.Namespace) -> int:
     import subprocess
 
     app = Path(__file__).resolve().parents[1] / "explorer" / "app.py"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
@@ -28,6 +29,12 @@ from explorer import examples as bundled
 from explorer.choices import Choices
 from explorer.progress import progress_bar, raise_if_stopped, stop_button
 from explorer.sets import LabelledSet, labelled_set
+
+if TYPE_CHECKING:
+    from core.audit import AuditResult
+    from core.cache import ScoreCache
+    from core.collection import CollectionResult
+    from core.scoring import Calibration
 
 #: Neighbours shown on the local-mean page.
 TOP_K = 8
@@ -118,7 +125,7 @@ def domain_reference(images: torch.Tensor) -> DomainReference | None:
 
 
 @st.cache_resource(show_spinner=False)
-def score_cache():
+def score_cache() -> ScoreCache | None:
     """core's persistent score cache, or None when its folder cannot be written."""
     from core.cache import ScoreCache
 
@@ -155,7 +162,7 @@ def _audit(
 def audit(
     choices: Choices, data: LabelledSet, *, attack: str | None = None, spec: str | None = None,
     n_bootstrap: int = N_BOOTSTRAP, persistent: bool = True, why: str = "", run: str | None = None,
-):
+) -> AuditResult:
     """The audit of ``data`` under the chosen (or given) model and attack, computed once.
 
     ``persistent=False`` skips the on-disk score cache, so that the wall time is a real
@@ -212,7 +219,7 @@ def _calibration(fingerprint: str, device: str, attack: str, seed: int, t: int |
         close()
 
 
-def calibration(choices: Choices, t: int | None = None):
+def calibration(choices: Choices, t: int | None = None) -> Calibration:
     """Where t and the attack come from for this model (``core.scoring.calibrate``), computed once."""
     fingerprint = get_model(choices.spec, choices.device).fingerprint
     return _calibration(fingerprint, choices.device, choices.attack, choices.seed, t, choices.spec)
@@ -232,8 +239,8 @@ def _collection(
     )
 
 
-def collection(choices: Choices, calibrated, images: torch.Tensor, reference: torch.Tensor,
-               reference_ids: list[str], alpha: float):
+def collection(choices: Choices, calibrated: Calibration, images: torch.Tensor, reference: torch.Tensor,
+               reference_ids: list[str], alpha: float) -> CollectionResult:
     """The collection test (``core.collection.check_collection``) of ``images``, computed once."""
     fingerprint = get_model(choices.spec, choices.device).fingerprint
     return _collection(

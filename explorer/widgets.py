@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import streamlit as st
@@ -25,6 +25,11 @@ from explorer.choices import (
 )
 from explorer.progress import RunStopped, resume
 from explorer.sets import LabelledSet
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from core.data import LoadedImages
 from explorer.uploads import MAX_UPLOAD_FILES
 
 CHOICES = "choices"
@@ -263,7 +268,7 @@ def image_strip(images: Sequence, captions: Sequence[str], *, px: int = THUMB_PX
         st.image([thumbnail(im, px) for im in images], caption=list(captions), width=px)
 
 
-def show_load_problems(loaded, what: str = "files") -> None:
+def show_load_problems(loaded: LoadedImages, what: str = "files") -> None:
     """One st.error line per unusable file, and a note on files beyond the upload limit."""
     for problem in loaded.errors[:20]:
         st.error(problem.message if problem.message.startswith(problem.source) else f"{problem.source}: {problem.message}")
@@ -298,6 +303,6 @@ def labelled_data(choices: Choices, *, key: str) -> LabelledSet:
     return split if choice == OWN_SPLIT else uploaded["data"]
 
 
-def plot(figure, key: str) -> None:
+def plot(figure: go.Figure, key: str) -> None:
     """A plotly figure as built (no Streamlit theme), so the screen matches the HTML report."""
     st.plotly_chart(figure, key=key, theme=None, config={"displaylogo": False})

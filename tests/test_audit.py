@@ -8,13 +8,13 @@ import torch
 
 from core import metrics
 from core.attacks import SimA
-from core.audit import AuditResult, _assemble, parse_timesteps, run_audit, split_halves
+from core.audit import AuditResult, assemble_result, parse_timesteps, run_audit, split_halves
 from core.errors import DataError, SimaError
 from core.models.empirical import EmpiricalDenoiser
 
 
 def _assemble_synthetic(stats, labels, sel):
-    return _assemble(
+    return assemble_result(
         statistics=stats, labels=labels, selection_half=sel, timesteps=[10, 20], member_when="lower",
         select="auc", seed=0, n_bootstrap=50, ids=[str(i) for i in range(len(labels))], attack="sima",
         attack_params={"p": 4}, model_fingerprint="f", model_name="synthetic", queries_per_sample=1, wall_time_s=0.0,

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import ImageFile
 
-from core.audit import _assemble, run_audit, split_halves
+from core.audit import assemble_result, run_audit, split_halves
 from core.data import IMAGE_EXTENSIONS, load_images
 from core.errors import DataError
 from core.models.empirical import EmpiricalDenoiser
@@ -173,7 +173,7 @@ def assemble(statistics, labels, selection_half, select="auc", timesteps=None, n
     statistics = np.asarray(statistics, dtype=np.float64)
     if statistics.ndim == 1:
         statistics = statistics[:, None]
-    return _assemble(
+    return assemble_result(
         statistics=statistics, labels=np.asarray(labels), selection_half=np.asarray(selection_half),
         timesteps=timesteps or list(range(0, 10 * statistics.shape[1], 10)), member_when="lower",
         select=select, seed=0, n_bootstrap=n_bootstrap, ids=[str(i) for i in range(len(labels))],
