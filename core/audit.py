@@ -364,8 +364,9 @@ def estimate_seconds(
 
     The sample is the images that fill one batch of the sweep as it will run (the calibrated
     batch size; for attacks that share work across t, that many whole images), so each model
-    call sees the batch it will see in the real run. One warm-up call, then the mean of
-    ``repeats`` timed sweeps of the sample, scaled to the whole set. No cache is used.
+    call sees the batch it will see in the real run. One untimed sweep of the sample (the first
+    calls at new shapes allocate), then the mean of ``repeats`` timed ones, scaled to the whole
+    set. No cache is used.
     """
     from core.batching import best_settings
 
@@ -379,7 +380,7 @@ def estimate_seconds(
         pairs_per_batch = max(1, batch // max(attack.queries_per_sample(t) for t in steps))
         m = math.ceil(pairs_per_batch / (len(steps) if attack.uses_timestep else 1))
     sample = images[:max(1, min(m, len(images)))]
-    image_statistics(model, sample[:1], attack, steps[:1], seed=seed)  # the first calls allocate
+    image_statistics(model, sample, attack, steps, seed=seed)  # the first calls at a batch's shapes allocate
     elapsed = 0.0
     for _ in range(repeats):
         start = time.perf_counter()
