@@ -671,9 +671,9 @@ def _two_sided_p(diffs: np.ndarray) -> float:
 
 
 def compare(
+    labels: Any,
     scores_a: Any,
     scores_b: Any,
-    labels: Any,
     *,
     names: tuple[str, str] = ("A", "B"),
     n_bootstrap: int = N_BOOTSTRAP,
@@ -720,7 +720,7 @@ def compare(
     auc_diff = Difference(auc_a - auc_b, *_percentile_ci(d_auc, confidence), _two_sided_p(d_auc))
     reason = _not_measurable_reason(n0, 0.01)
     if reason is None:
-        tpr_point = tpr_at_fpr(a, y, 0.01).value - tpr_at_fpr(b, y, 0.01).value
+        tpr_point = tpr_at_fpr(scores=a, labels=y, target_fpr=0.01).value - tpr_at_fpr(scores=b, labels=y, target_fpr=0.01).value
         tpr_diff = Difference(tpr_point, *_percentile_ci(d_tpr, confidence), _two_sided_p(d_tpr))
     else:
         tpr_diff = Difference(None, None, None, None, False, reason)

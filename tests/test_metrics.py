@@ -494,7 +494,7 @@ def test_labels_come_before_scores_as_in_scikit_learn():
 
     from core import metrics
 
-    for function in (metrics.roc, metrics.auc, metrics.asr, metrics.tpr_at_fpr, metrics.evaluate):
-        assert list(inspect.signature(function).parameters)[:2] in (["labels", "scores"], ["labels", "membership_scores"])
+    for function in (metrics.roc, metrics.auc, metrics.asr, metrics.tpr_at_fpr, metrics.evaluate, metrics.compare):
+        assert list(inspect.signature(function).parameters)[:2] in (["labels", "scores"], ["labels", "membership_scores"], ["labels", "scores_a"])
     y, s = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
     assert auc(y, s) == roc_auc_score(y, s) == 0.75
