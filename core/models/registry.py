@@ -144,6 +144,8 @@ CLASS_CONDITIONAL_PIPELINES = ("DiTPipeline",)
 def model_family(folder: Path) -> str:
     """"text-to-image", "class-conditional", "latent" or "pixel", from model_index.json's
     _class_name and the components the folder holds."""
+    from core.models import loading
+
     index = folder / "model_index.json"
     name = loading.read_json(index, root=folder).get("_class_name") if index.is_file() else None
     unet_config = folder / "unet" / "config.json"
