@@ -236,6 +236,22 @@ def demo_sets(model) -> tuple[torch.Tensor, list[str], torch.Tensor, list[str]]:
     return members, member_ids, heldout, heldout_ids
 
 
+def demo_captions(model):
+    """The captions of a captioned demo's member and held-out digits (a CaptionTable by id), or
+    None for a model whose manifest records none. They are what the model was trained with, so
+    ``--members demo`` on a text-to-image demo is conditioned on each image's own caption."""
+    from core.conditioning import CaptionTable
+
+    manifest = getattr(model, "manifest", None)
+    captions = manifest.get("captions") if isinstance(manifest, dict) else None
+    if not isinstance(captions, dict) or not captions:
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in captions.items()):
+        raise DataError(f"The captions in {getattr(model, 'name', 'the model')}'s manifest must map ids to text; "
+                        "re-create it with `sima train`.")
+    return CaptionTable(captions, f"{getattr(model, 'name', 'the model')}'s manifest")
+
+
 def write_examples(folder: str | Path, manifest: dict, model: str, *, per_side: int = 8) -> list[dict]:
     """Save the first ``per_side`` members and held-out digits of a demo model as PNG files.
 
