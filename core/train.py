@@ -432,7 +432,7 @@ def _train(cfg: dict, source: Path | None, out: Path, *, progress: bool, resume:
     manifest["fingerprint"] = model.fingerprint
     if model.is_latent:
         manifest["scaling_factor"] = model.scaling_factor
-        manifest["vae_reconstruction_mse"] = _reconstruction(model, record, split)
+        manifest["vae_reconstruction_mse"] = _reconstruction(model, record, split, manifest.get("vae_train_ids"))
     if cfg["check"]:
         manifest["check"] = run_check(model, record, split, cfg["check"])
     _write_manifest(out, manifest)
@@ -528,10 +528,23 @@ def _train_text(cfg: dict, split, ckpt: Checkpoints, clock: Callable[[], float],
     torch.manual_seed(_seed_for_init(seed, "unet"))
     unet = _build(UNet2DConditionModel, cfg["unet"], "unet")
     record = _curve_recorder(ckpt, table, curve_sets, scheduler.alphas_cumprod, progress)
+    saved = ckpt.progress()["phases"].get("unet", {}).get("step", 0)
+    if saved and saved not in [p["step"] for p in _read_curve(ckpt)]:
+        # A run stopped between saving a checkpoint and recording its point: the saved weights
+        # are exactly that step's, so the point is recorded from them now.
+        from safetensors.torch import load_file
+
+        unet.load_state_dict(load_file(str(ckpt.folder / "unet.safetensors")))
+        record(saved, unet.eval())
     summary["unet_final_loss"] = _fit("unet", unet, loss, cfg["train"], seed, ckpt, clock, progress, record)
-    summary["curve"] = json.loads((ckpt.folder / CURVE_FILE).read_text()) if (ckpt.folder / CURVE_FILE).is_file() else []
+    summary["curve"] = _read_curve(ckpt)
     summary["vae_train_ids"] = vae_ids
     return unet, scheduler, vae, text_encoder, tokenizer
+
+
+def _read_curve(ckpt: Checkpoints) -> list[dict]:
+    path = ckpt.folder / CURVE_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def _curve_recorder(ckpt: Checkpoints, table: torch.Tensor, sets: tuple, alphas_cumprod: torch.Tensor,
@@ -558,9 +571,8 @@ def _curve_recorder(ckpt: Checkpoints, table: torch.Tensor, sets: tuple, alphas_
                     eps = unet(latents, steps, encoder_hidden_states=table[which]).sample
                     stat = eps.pow(4).flatten(1).sum(1)
                     point[f"auc_{mode}_t{t}"] = round(auc(scores=(-stat).numpy(), labels=labels), 4)
-        path = ckpt.folder / CURVE_FILE
-        curve = [p for p in (json.loads(path.read_text()) if path.is_file() else []) if p["step"] < step]
-        _atomic(path, lambda p: p.write_text(json.dumps(curve + [point])))
+        curve = [p for p in _read_curve(ckpt) if p["step"] < step]
+        _atomic(ckpt.folder / CURVE_FILE, lambda p: p.write_text(json.dumps(curve + [point])))
         if progress:
             print(json.dumps(point), file=sys.stderr, flush=True)
 
@@ -673,12 +685,14 @@ def package_versions() -> dict[str, str]:
     }
 
 
-def _reconstruction(model, record: dict, split) -> dict:
-    """Mean squared reconstruction error (per pixel, [-1, 1] scale) of the VAE on each split."""
+def _reconstruction(model, record: dict, split, vae_ids: list[str] | None = None) -> dict:
+    """Mean squared reconstruction error (per pixel, [-1, 1] scale) of the VAE on each split, and
+    on its own training digits when they are not the members."""
     from core import datasets
 
     out = {}
-    for which, ids in (("members", split.member_ids), ("heldout", split.heldout_ids)):
+    sets = (("members", split.member_ids), ("heldout", split.heldout_ids)) + ((("vae_train", vae_ids),) if vae_ids else ())
+    for which, ids in sets:
         images = datasets.digits_by_ids(ids, record["size"])
         with torch.no_grad():
             out[which] = round(float((model.decode(model.encode(images)) - images).pow(2).mean()), 6)
@@ -686,7 +700,8 @@ def _reconstruction(model, record: dict, split) -> dict:
 
 
 def run_check(model, record: dict, split, check: dict) -> dict:
-    """A SimA audit of members vs held-out by the protocol of ``core.audit.run_audit``."""
+    """A SimA audit of members vs held-out by the protocol of ``core.audit.run_audit``; a
+    text-to-image model is conditioned on each digit's caption."""
     from core import datasets
     from core.attacks.sima import SimA
     from core.audit import run_audit
@@ -696,10 +711,15 @@ def run_check(model, record: dict, split, check: dict) -> dict:
     members = datasets.digits_by_ids(split.member_ids, record["size"])
     heldout = datasets.digits_by_ids(split.heldout_ids, record["size"])
     seed = int(check.get("seed", 0))
-    result = run_audit(model, members, heldout, attack=SimA(), timesteps=check["timesteps"], seed=seed)
+    captions = {}
+    if getattr(model, "conditional", False):
+        captions = {"member_cond": datasets.digit_captions(split.member_ids),
+                    "nonmember_cond": datasets.digit_captions(split.heldout_ids)}
+    result = run_audit(model, members, heldout, attack=SimA(), timesteps=check["timesteps"], seed=seed, **captions)
     m = result.metrics.to_dict()
     return {
         "attack": "sima",
+        **({"condition": "caption"} if captions else {}),
         "p": 4,
         "protocol": "core.audit.run_audit: t chosen by AUC on the selection half, metrics on the report half",
         "seed": seed,
