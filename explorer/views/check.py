@@ -14,6 +14,12 @@ from explorer.examples import load_examples
 
 LOCAL_MEAN_PAGE = "views/local_mean.py"
 
+
+def split_caption(split, side: str, k: int) -> str | None:
+    """The caption the model was trained with (or held out with), from the model's manifest."""
+    captions = split.member_captions if side == "member" else split.nonmember_captions
+    return None if captions is None else captions[k]
+
 st.title("Check an image")
 st.markdown(
     "Was this picture used to train the model? Add one or more images: each gets its **score**, "
@@ -83,6 +89,8 @@ with widgets.user_errors():
 widgets.show_load_problems(loaded_uploads)
 
 split_images = [(split.members if side == "member" else split.nonmembers)[k] for side, k in from_split]
+known_captions = [None] * len(loaded_examples.ids) + uploads.captions_of_uploads(uploaded or [], loaded_uploads.ids) + [
+    split_caption(split, side, k) for side, k in from_split]
 split_ids = [f"{(split.member_ids if side == 'member' else split.nonmember_ids)[k]} ({side})" for side, k in from_split]
 images = torch.cat([loaded_examples.images, loaded_uploads.images, *(im.unsqueeze(0) for im in split_images)])
 names = loaded_examples.ids + loaded_uploads.ids + split_ids
@@ -93,12 +101,16 @@ if not names:
 if len(names) > uploads.MAX_CHECK_IMAGES:
     st.warning(f"{len(names)} images given; the first {uploads.MAX_CHECK_IMAGES} are scored.")
     images, names, notes = images[: uploads.MAX_CHECK_IMAGES], names[: uploads.MAX_CHECK_IMAGES], notes[: uploads.MAX_CHECK_IMAGES]
+    known_captions = known_captions[: uploads.MAX_CHECK_IMAGES]
 digests = row_digests(images)
+captions = widgets.caption_editor(model, choices, names, known_captions, key="check_captions") if model.conditional else None
 
 # ----------------------------------------------------------------------------- reference
 reference = None
 with widgets.user_errors():
     if split is not None:
+        widgets.time_estimate(choices, len(split) + len(names), key="check_estimate",
+                              what="scoring the model's own split as the reference and your images")
         result = state.audit(choices, split, why="First, the model's own known images are scored once as the reference. ")
         reference = verdicts.reference_from_audit(result, split)
     else:
@@ -114,8 +126,9 @@ with widgets.user_errors():
             ref_loaded = uploads.load_uploads(ref_files, model.image_shape)
             widgets.show_load_problems(ref_loaded)
             ref_loaded.raise_if_empty()
-            reference = verdicts.reference_from_images(choices, ref_loaded.images)
-    stats = state.image_statistics(choices, images)
+            ref_captions = uploads.all_or_none(uploads.captions_of_uploads(ref_files, ref_loaded.ids))
+            reference = verdicts.reference_from_images(choices, ref_loaded.images, ref_captions)
+    stats = state.image_statistics(choices, images, captions)
 
 # ----------------------------------------------------------------------------- controls
 grid = list(choices.grid)
@@ -151,6 +164,7 @@ for i, name in enumerate(names):
 
 table = {
     "image": names,
+    **({"caption": captions} if captions is not None else {}),
     label + f" at t={t}": [float(stats[i, column]) for i in range(len(names))],
 }
 if reference:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.attacks import ATTACK_NAMES, get_attack
+from core.attacks import ATTACK_NAMES, CONDITIONAL_ATTACK_NAMES, get_attack
 from core.errors import SimaError
 from explorer import charts, reading, state, widgets
 
@@ -17,7 +17,8 @@ st.markdown(
 )
 choices = widgets.require_choices()
 data = widgets.labelled_data(choices, key="compare_data")
-names = list(ATTACK_NAMES)
+# The text-to-image baselines compare each image's caption with the empty prompt.
+names = list(ATTACK_NAMES) + (list(CONDITIONAL_ATTACK_NAMES) if choices.condition == "caption" else [])
 # The widget forgets its value when another page is shown; the choice is kept beside it.
 if "compare_attacks" not in st.session_state:
     st.session_state["compare_attacks"] = [n for n in st.session_state.get("compare_chosen", names) if n in names]
