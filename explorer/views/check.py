@@ -189,6 +189,8 @@ for i, name in enumerate(names):
             st.image(widgets.thumbnail(images[i], 160), caption="as the model sees it", width=160)
             for note in notes[i]:
                 st.caption(note)
+            if captions is not None:
+                st.caption(f"Conditioned on “{captions[i]}”")
         with answer:
             st.metric(label, f"{stats[i, column]:.4g}", help=f"At t = {t}. {reading.attack_summary(choices.attack, t)}.")
             if verdict is None:
