@@ -138,6 +138,14 @@ def _screenshot(page, name: str) -> Path:
     return path
 
 
+def _start_if_asked(page) -> None:
+    """Press the button a run longer than a minute waits behind, once the page has settled."""
+    _settle(page)
+    start = page.get_by_role("button", name="Start (about")
+    if start.count():
+        start.first.click()
+
+
 def _open(page, title: str) -> None:
     page.get_by_role("link", name=title, exact=True).click()
     page.get_by_role("heading", level=1).filter(has_text=title.split()[0]).wait_for(timeout=60_000)
@@ -165,6 +173,7 @@ def test_the_app_in_a_real_browser(server, tmp_path, capsys):
             # Check an image: upload a member and a held-out example.
             files = _example_files(tmp_path)
             page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files([str(f) for f in files])
+            _start_if_asked(page)
             page.get_by_text("as the model sees it").first.wait_for(timeout=RUN_TIMEOUT_MS)
             _settle(page)
             verdicts = page.get_by_text("Likely a member").count() + page.get_by_text("Not flagged").count()
@@ -263,10 +272,10 @@ def test_the_check_page_scores_an_upload_with_a_typed_caption_on_the_captioned_d
             # The caption column of the table's only row: a click selects the cell, typing edits it.
             grid = page.locator('[data-testid="stDataFrame"]').first
             box = grid.bounding_box()
-            page.mouse.click(box["x"] + box["width"] * 0.75, box["y"] + 35 + 17)
+            page.mouse.dblclick(box["x"] + box["width"] * 0.75, box["y"] + 35 + 17)
             page.keyboard.type(caption)
             page.keyboard.press("Enter")
-            _settle(page)
+            _start_if_asked(page)
             page.get_by_text(f"Conditioned on “{caption}”").wait_for(timeout=RUN_TIMEOUT_MS)
             _settle(page)
             verdicts = page.get_by_text("Likely a member").count() + page.get_by_text("Not flagged").count()
