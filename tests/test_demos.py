@@ -180,3 +180,17 @@ def test_the_captioned_demos_members_score_lower_with_their_own_captions(caption
                           cond=datasets.digit_captions(ids)).numpy()
     assert stats[:12].mean() < stats[12:].mean()
     assert (stats[:12, None] < stats[None, 12:]).mean() > 0.8  # the AUC of this handful
+
+
+def test_demo_sets_of_the_captioned_demo_bring_their_captions_on_the_command_line(tmp_path, capsys):
+    from core.cli import main
+
+    common = ["audit", "--model", CAPTIONED, "--members", "demo", "--nonmembers", "demo", "--attack", "sima",
+              "--timesteps", "50", "--bootstrap", "0", "--quiet", "--no-cache", "--json"]
+    assert main(common) == 0
+    captioned = json.loads(capsys.readouterr().out)
+    assert captioned["extra"]["condition"] == "caption"
+    assert main([*common, "--condition", "empty"]) == 0
+    empty = json.loads(capsys.readouterr().out)
+    assert empty["extra"]["condition"] == "empty"
+    assert captioned["per_t"][0]["auc"] > empty["per_t"][0]["auc"]  # its members were trained with these captions
