@@ -269,19 +269,21 @@ def test_the_check_page_scores_an_upload_with_a_typed_caption_on_the_captioned_d
 
             page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files([str(path)])
             page.get_by_text("Type a caption for").wait_for(timeout=RUN_TIMEOUT_MS)
+            _settle(page)  # an edit made while the script still runs is lost when it redraws the table
             # The caption column of the table's only row: a click selects the cell, typing edits it.
             grid = page.locator('[data-testid="stDataFrame"]').first
             box = grid.bounding_box()
             page.mouse.dblclick(box["x"] + box["width"] * 0.75, box["y"] + 35 + 17)
             page.keyboard.type(caption)
             page.keyboard.press("Enter")
+            _screenshot(page, "8-check-caption-typed")
             _start_if_asked(page)
             page.get_by_text(f"Conditioned on “{caption}”").wait_for(timeout=RUN_TIMEOUT_MS)
             _settle(page)
             verdicts = page.get_by_text("Likely a member").count() + page.get_by_text("Not flagged").count()
             assert verdicts >= 1, "the uploaded image should get a verdict"
             _no_error_shown(page)
-            _screenshot(page, "8-check-with-a-caption")
+            _screenshot(page, "9-check-with-a-caption")
         finally:
             browser.close()
     outside = sorted({url for url in requests if not url.startswith((server, "data:", "blob:"))})
