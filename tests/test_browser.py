@@ -274,7 +274,8 @@ def test_the_check_page_scores_an_upload_with_a_typed_caption_on_the_captioned_d
             grid = page.locator('[data-testid="stDataFrame"]').first
             box = grid.bounding_box()
             page.mouse.dblclick(box["x"] + box["width"] * 0.75, box["y"] + 35 + 17)
-            page.keyboard.type(caption)
+            page.wait_for_timeout(500)
+            page.keyboard.insert_text(caption)  # at once: a key typed while the cell editor opens is lost
             page.keyboard.press("Enter")
             _screenshot(page, "8-check-caption-typed")
             _start_if_asked(page)
