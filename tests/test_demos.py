@@ -194,3 +194,18 @@ def test_demo_sets_of_the_captioned_demo_bring_their_captions_on_the_command_lin
     empty = json.loads(capsys.readouterr().out)
     assert empty["extra"]["condition"] == "empty"
     assert captioned["per_t"][0]["auc"] > empty["per_t"][0]["auc"]  # its members were trained with these captions
+
+
+def test_paired_comparisons_name_the_condition_of_each_audit(captioned):
+    from core.audit import compare_results
+
+    members, member_ids, heldout, heldout_ids = datasets.demo_sets(captioned)
+    keep = dict(members=members[:40], nonmembers=heldout[:40], member_ids=member_ids[:40], nonmember_ids=heldout_ids[:40])
+    common = dict(attack=SimA(), timesteps=[50], seed=0, n_bootstrap=20)
+    caption = run_audit(captioned, keep["members"], keep["nonmembers"], member_ids=keep["member_ids"],
+                        nonmember_ids=keep["nonmember_ids"], member_cond=datasets.digit_captions(keep["member_ids"]),
+                        nonmember_cond=datasets.digit_captions(keep["nonmember_ids"]), **common)
+    empty = run_audit(captioned, keep["members"], keep["nonmembers"], member_ids=keep["member_ids"],
+                      nonmember_ids=keep["nonmember_ids"], **common)
+    assert (caption.label, empty.label) == ("sima (caption)", "sima (empty)")
+    assert "sima (caption)" in compare_results(caption, empty).sentence()
