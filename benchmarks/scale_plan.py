@@ -23,7 +23,6 @@ import sys
 import time
 
 import numpy as np
-import torch
 
 from common import ROOT, RESULTS, machine, replace_marked_block
 

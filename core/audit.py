@@ -172,6 +172,12 @@ class AuditResult:
             **({"extra": self.extra} if self.extra else {}),
         }
 
+    @property
+    def label(self) -> str:
+        """The attack's name, with the condition when a conditional model was audited: "sima (empty)"."""
+        condition = self.extra.get("condition")
+        return f"{self.attack} ({condition})" if condition else self.attack
+
     def summary(self) -> str:
         m = self.metrics.to_dict()
 
@@ -282,7 +288,7 @@ def compare_results(a: AuditResult, b: AuditResult, *, n_bootstrap: int | None =
     report = a.report_mask()
     return metrics.compare(
         scores_a=a.membership_scores()[report], scores_b=b.membership_scores()[report], labels=a.labels[report],
-        names=(a.attack, b.attack), n_bootstrap=a.n_bootstrap if n_bootstrap is None else n_bootstrap,
+        names=(a.label, b.label), n_bootstrap=a.n_bootstrap if n_bootstrap is None else n_bootstrap,
         seed=a.seed if seed is None else seed,
     )
 

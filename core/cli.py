@@ -86,11 +86,14 @@ def conditions(args: argparse.Namespace, model: DiffusionModel, sources: Sequenc
     ``--captions FILE`` reads a CSV / JSONL; ``--captions sidecar`` reads NAME.txt files beside
     the images in ``sources``; ``--labels FILE`` gives a class-conditional model its labels.
     ``--condition caption,empty`` asks for both modes (``sima audit`` only). An unconditional
-    model gives [(None, None)].
+    model gives [(None, None)]. A 'demo' source of a captioned demo brings the captions its
+    manifest records, so caption mode is the default there too.
     """
-    from core.conditioning import CONDITION_MODES, read_captions, read_labels, sidecar_captions
+    from core.conditioning import CONDITION_MODES, CaptionTable, read_captions, read_labels, sidecar_captions
+    from core.datasets import demo_captions
 
     kind = getattr(model, "condition_kind", None)
+    demo = demo_captions(model) if kind == "caption" and "demo" in sources else None
     given = args.captions or args.labels
     if args.captions and args.labels:
         raise SimaError("Give --captions (text-to-image models) or --labels (class-conditional models), not both.")
@@ -100,14 +103,14 @@ def conditions(args: argparse.Namespace, model: DiffusionModel, sources: Sequenc
         raise SimaError(f"{model.name} is class-conditional: give its class labels with --labels FILE, not --captions.")
     if args.labels and kind == "caption":
         raise SimaError(f"{model.name} is a text-to-image model: give its captions with --captions FILE, not --labels.")
-    modes = [m.strip() for m in args.condition.split(",")] if args.condition else ["caption" if given else "empty"]
+    modes = [m.strip() for m in args.condition.split(",")] if args.condition else ["caption" if given or demo else "empty"]
     if any(m not in CONDITION_MODES for m in modes) or len(set(modes)) != len(modes):
         raise SimaError(f"--condition takes caption, empty or caption,empty; got {args.condition!r}.")
     if kind is None:
         if "caption" in modes:
             raise SimaError(f"{model.name} is an unconditional model: it has no caption to condition on. Drop --condition.")
         return [(None, None)]
-    if "caption" in modes and not given:
+    if "caption" in modes and not given and demo is None:
         flag = "--labels FILE" if kind == "label" else "--captions FILE (or --captions sidecar)"
         raise SimaError(f"--condition caption needs the captions: add {flag}, or use --condition empty.")
     table = None
@@ -117,8 +120,12 @@ def conditions(args: argparse.Namespace, model: DiffusionModel, sources: Sequenc
         table = sidecar_captions([s for s in sources if s != "demo"])
         if not len(table):
             raise SimaError("--captions sidecar found no NAME.txt caption files beside the images; add them or give a captions file.")
-    elif "caption" in modes:
+    elif "caption" in modes and args.captions:
         table = read_captions(args.captions)
+    if "caption" in modes and demo is not None and table is not None:
+        table = CaptionTable({**demo.entries, **table.entries}, f"{demo.source} and {table.source}")
+    elif "caption" in modes and demo is not None:
+        table = demo
     return [(mode, table if mode == "caption" else None) for mode in modes]
 
 

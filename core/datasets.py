@@ -19,6 +19,7 @@ Member sets of different sizes are therefore nested and always disjoint from the
 from __future__ import annotations
 
 import csv
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def digits_split(
             f"A digits split needs members >= 1, held-out >= 1 and members + held-out <= {N_IMAGES}; "
             f"got {n_members} and {n_heldout}."
         )
-    order = np.random.default_rng(seed).permutation(N_IMAGES)
+    order = _order(seed)
     heldout = sorted(order[:n_heldout].tolist())
     members = sorted(order[n_heldout:n_heldout + n_members].tolist())
     return SplitManifest(
@@ -103,6 +104,69 @@ def digits_split(
         seed=seed,
         notes=f"permutation of {N_IMAGES} indices with numpy default_rng({seed}); first {n_heldout} held out",
     )
+
+
+def _order(seed: int) -> np.ndarray:
+    """The one seeded permutation of the digits that every split is cut from."""
+    return np.random.default_rng(seed).permutation(N_IMAGES)
+
+
+def digits_outside_ids(n: int, *, n_members: int, n_heldout: int = N_HELDOUT, seed: int = SPLIT_SEED) -> list[str]:
+    """Ids of ``n`` digits that are neither members nor held out of the split with these sizes.
+
+    They are the LAST ``n`` entries of the split's permutation, so they stay clear of that split's
+    members and held-out digits (a text demo trains its autoencoder on them).
+    """
+    if n < 1 or n_members + n_heldout + n > N_IMAGES:
+        raise DataError(
+            f"Only {N_IMAGES - n_members - n_heldout} digits lie outside a split of {n_members} members and "
+            f"{n_heldout} held-out digits; asked for {n}."
+        )
+    return [digit_id(i) for i in sorted(_order(seed)[N_IMAGES - n:].tolist())]
+
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+STROKE_WORDS = ("thin", "thick")
+
+
+@lru_cache(maxsize=1)
+def _captions() -> tuple[str, ...]:
+    """One caption per digit, from its label and how much ink it has compared with its own class.
+
+    "a handwritten three"; the lightest third of each class (total ink of the 8x8 counts, ties
+    broken by index) is "a thin handwritten three" and the heaviest third "a thick handwritten
+    three". Both facts are read off the data, so the captions are honest and deterministic.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    ink = digits.images.reshape(len(digits.images), -1).sum(1)
+    captions = [""] * len(ink)
+    for label in range(10):
+        members = np.flatnonzero(digits.target == label)
+        ranked = members[np.lexsort((members, ink[members]))]  # by ink, then by index
+        third = len(ranked) // 3
+        for rank, index in enumerate(ranked):
+            stroke = STROKE_WORDS[0] + " " if rank < third else STROKE_WORDS[1] + " " if rank >= len(ranked) - third else ""
+            captions[index] = f"a {stroke}handwritten {DIGIT_WORDS[label]}"
+    return tuple(captions)
+
+
+def digit_captions(ids: list[str]) -> list[str]:
+    """The caption of each digit id, e.g. "a thick handwritten three" (see ``_captions``)."""
+    captions = _captions()
+    out = []
+    for image_id in ids:
+        match = re.fullmatch(r"digits-(\d{4})", image_id)
+        if match is None or int(match.group(1)) >= N_IMAGES:
+            raise DataError(f"{image_id!r} is not a digit id like 'digits-0042'.")
+        out.append(captions[int(match.group(1))])
+    return out
+
+
+def caption_words() -> list[str]:
+    """Every word the digit captions use, in a fixed order: the vocabulary of the text demo's tokenizer."""
+    return ["a", "handwritten", *STROKE_WORDS, *DIGIT_WORDS]
 
 
 def dataset_record(size: int, n_members: int, n_heldout: int = N_HELDOUT, seed: int = SPLIT_SEED) -> dict:
@@ -170,6 +234,22 @@ def demo_sets(model) -> tuple[torch.Tensor, list[str], torch.Tensor, list[str]]:
     members, member_ids = split_images(manifest, "members")
     heldout, heldout_ids = split_images(manifest, "heldout")
     return members, member_ids, heldout, heldout_ids
+
+
+def demo_captions(model):
+    """The captions of a captioned demo's member and held-out digits (a CaptionTable by id), or
+    None for a model whose manifest records none. They are what the model was trained with, so
+    ``--members demo`` on a text-to-image demo is conditioned on each image's own caption."""
+    from core.conditioning import CaptionTable
+
+    manifest = getattr(model, "manifest", None)
+    captions = manifest.get("captions") if isinstance(manifest, dict) else None
+    if not isinstance(captions, dict) or not captions:
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in captions.items()):
+        raise DataError(f"The captions in {getattr(model, 'name', 'the model')}'s manifest must map ids to text; "
+                        "re-create it with `sima train`.")
+    return CaptionTable(captions, f"{getattr(model, 'name', 'the model')}'s manifest")
 
 
 def write_examples(folder: str | Path, manifest: dict, model: str, *, per_side: int = 8) -> list[dict]:

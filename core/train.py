@@ -1,4 +1,5 @@
-"""Training the small demo models from a JSON config: a pixel DDPM, or a beta-VAE + latent DDPM.
+"""Training the small demo models from a JSON config: a pixel DDPM, a beta-VAE + latent DDPM, or a
+captioned text-to-image model in Stable Diffusion 1.x layout.
 
 ``train(config, out_dir)`` trains on the member split of the bundled digits
 (:mod:`core.datasets`) and writes a diffusers folder (safetensors) with a ``manifest.json``
@@ -9,8 +10,8 @@ one.
 
 Config keys (missing ones take :data:`DEFAULTS`; an unknown key is an error):
 
-- ``kind``: "pixel", "latent" or "empirical" (no training: the closed-form denoiser over the
-  members, :mod:`core.models.empirical`, rebuilt from the manifest at load time).
+- ``kind``: "pixel", "latent", "text" or "empirical" (no training: the closed-form denoiser over
+  the members, :mod:`core.models.empirical`, rebuilt from the manifest at load time).
 - ``name`` (default: the output folder's name); ``demo`` (one sentence for the model card);
   ``seed``; ``threads`` (``torch.set_num_threads``; null leaves torch's default).
 - ``data``: ``size`` (side in pixels), ``members``, ``heldout``, ``split_seed``.
@@ -22,6 +23,13 @@ Config keys (missing ones take :data:`DEFAULTS`; an unknown key is an error):
   ``checkpoint_every``.
 - ``vae`` / ``vae_train`` (latent only): AutoencoderKL fields; the VAE phase as ``train`` plus
   ``beta``, the KL weight. Loss per image: the squared error summed over pixels + beta * KL.
+- ``text`` only: ``text_encoder`` (CLIPTextConfig fields; vocabulary and special ids come from the
+  tokenizer built from the caption words, :mod:`core.tiny_clip`) and ``conditioning``:
+  ``caption_dropout`` (the share of training steps' captions replaced by the empty prompt, so the
+  empty prompt means "unconditional" as in classifier-free guidance training) and ``vae_images``
+  (how many digits that are neither members nor held out train the autoencoder). ``unet`` holds
+  UNet2DConditionModel fields. The text encoder is random and frozen (see ``TEXT_ENCODER_NOTE``).
+  Each member is captioned by :func:`core.datasets.digit_captions`.
 - ``check``: after training, a SimA audit of members vs held-out (``core.audit.run_audit``:
   t chosen on the selection half, metrics on the report half); null skips it.
 """
@@ -44,7 +52,7 @@ import torch.nn.functional as F
 
 from core.errors import SimaError
 
-KINDS = ("pixel", "latent", "empirical")
+KINDS = ("pixel", "latent", "text", "empirical")
 _NETWORK_KEYS = ("scheduler", "unet", "train")
 CHECKPOINT_DIR = "checkpoint"
 CONFIG_FILE = "train.json"
@@ -79,8 +87,26 @@ DEFAULTS: dict[str, Any] = {
     },
     "vae_train": {**_PHASE, "steps": 1500, "batch_size": 32, "beta": 1e-4},
     "check": {"attack": "sima", "timesteps": list(range(0, 201, 10)), "seed": 0},
+    "text_encoder": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
+    "conditioning": {"caption_dropout": 0.1, "vae_images": 1000},
 }
 _LATENT_ONLY = ("vae", "vae_train")
+_TEXT_ONLY = ("text_encoder", "conditioning")
+_TEXT_UNET = {
+    "block_out_channels": [32, 48], "layers_per_block": 1, "norm_num_groups": 8, "attention_head_dim": 8,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+}
+TEXT_ENCODER_NOTE = (
+    "The text encoder is a randomly initialised CLIPTextModel (seeded), frozen during training: the "
+    "usual Stable Diffusion fine-tunes (DreamBooth, LoRA) leave the text encoder as it is and train the "
+    "UNet, so the UNet alone learns what each caption means. A frozen encoder also makes the prompt "
+    "embeddings a fixed function of the caption, computed once per distinct caption."
+)
+LOSS_NOTE = (
+    "Per step: mean over the batch and over every latent element of (eps - eps_theta(z_t, t, c))^2 "
+    "(torch.nn.functional.mse_loss, reduction mean), t uniform on 0..T-1; latents z = scaling_factor * "
+    "posterior mean, scaling_factor = 1 / std of the autoencoder-training digits' posterior means."
+)
 
 
 # ----------------------------------------------------------------------------- config
@@ -105,6 +131,11 @@ def resolve_config(config: dict) -> dict:
             cfg[key].update(value)
         else:
             cfg[key] = value  # architectures are replaced whole: a half-merged one is rarely meant
+    if kind == "text" and "unet" not in config:
+        cfg["unet"] = copy.deepcopy(_TEXT_UNET)  # the default UNet is unconditional
+    if kind != "text":
+        for key in _TEXT_ONLY:
+            cfg.pop(key)
     if kind == "empirical":
         for key in _NETWORK_KEYS + _LATENT_ONLY:
             cfg.pop(key)
@@ -118,6 +149,11 @@ def resolve_config(config: dict) -> dict:
         if cfg["data"]["size"] % 2**levels:
             raise SimaError(f"data.size {cfg['data']['size']} is not divisible by the VAE's downsampling {2**levels}.")
         _derive(cfg["unet"], "unet", channels=cfg["vae"]["latent_channels"], size=cfg["data"]["size"] // 2**levels)
+        if kind == "text":
+            _derive(cfg["unet"], "unet", cross_attention_dim=cfg["text_encoder"]["hidden_size"])
+            dropout = cfg["conditioning"]["caption_dropout"]
+            if not 0 <= dropout < 1:
+                raise SimaError(f"conditioning.caption_dropout must be in [0, 1), got {dropout!r}.")
     return cfg
 
 
@@ -151,6 +187,7 @@ def phase_digests(cfg: dict) -> dict[str, str]:
     The VAE phase does not depend on the UNet's settings, so changing those keeps a finished VAE.
     """
     vae = {key: cfg.get(key) for key in ("kind", "seed", "data", "vae", "vae_train")}
+    vae.update({key: cfg[key] for key in _TEXT_ONLY if key in cfg})  # the text kind's VAE data
     unet = {**vae, **{key: cfg.get(key) for key in ("scheduler", "unet", "train")}}
     return {phase: hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
             for phase, part in (("vae", vae), ("unet", unet))}
@@ -380,7 +417,9 @@ def _train(cfg: dict, source: Path | None, out: Path, *, progress: bool, resume:
     split = datasets.digits_split(data["members"], n_heldout=data["heldout"], seed=data["split_seed"])
     record = datasets.dataset_record(data["size"], data["members"], data["heldout"], data["split_seed"])
     summary: dict[str, Any] = {}
-    if cfg["kind"] != "empirical":  # the empirical denoiser is rebuilt from the member ids at load time
+    if cfg["kind"] == "text":
+        _save_folder(out, *_train_text(cfg, split, ckpt, clock, progress, summary))
+    elif cfg["kind"] != "empirical":  # the empirical denoiser is rebuilt from the member ids at load time
         members = datasets.digits_by_ids(split.member_ids, data["size"])
         _save_folder(out, *_train_networks(cfg, members, ckpt, clock, progress, summary))
     wall = clock()
@@ -393,7 +432,7 @@ def _train(cfg: dict, source: Path | None, out: Path, *, progress: bool, resume:
     manifest["fingerprint"] = model.fingerprint
     if model.is_latent:
         manifest["scaling_factor"] = model.scaling_factor
-        manifest["vae_reconstruction_mse"] = _reconstruction(model, record, split)
+        manifest["vae_reconstruction_mse"] = _reconstruction(model, record, split, manifest.get("vae_train_ids"))
     if cfg["check"]:
         manifest["check"] = run_check(model, record, split, cfg["check"])
     _write_manifest(out, manifest)
@@ -425,6 +464,121 @@ def _train_networks(cfg: dict, members: torch.Tensor, ckpt: Checkpoints, clock: 
     return unet, scheduler, vae
 
 
+CURVE_TIMESTEPS = (20, 50, 100)
+CURVE_FILE = "curve.json"
+
+
+def _train_text(cfg: dict, split, ckpt: Checkpoints, clock: Callable[[], float], progress: bool,
+                summary: dict) -> tuple:
+    """(unet, scheduler, vae, text_encoder, tokenizer) of a captioned latent text-to-image model.
+
+    The autoencoder trains on digits outside the split (so it has seen no member and no held-out
+    digit), the text encoder is random and frozen, and the conditional UNet trains on the members'
+    latents with their captions, each replaced by the empty prompt with probability
+    ``caption_dropout``. After each checkpoint SimA's AUC (members vs held-out, with the caption and
+    with the empty prompt) is appended to a learning curve in ``summary["curve"]``.
+    """
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from core import datasets, tiny_clip
+
+    data, seed, cond = cfg["data"], int(cfg["seed"]), cfg["conditioning"]
+    scheduler = DDPMScheduler(**cfg["scheduler"])
+    vae_ids = datasets.digits_outside_ids(cond["vae_images"], n_members=data["members"], n_heldout=data["heldout"],
+                                          seed=data["split_seed"])
+    vae_images = datasets.digits_by_ids(vae_ids, data["size"])
+    torch.manual_seed(_seed_for_init(seed, "vae"))
+    vae = _build(AutoencoderKL, cfg["vae"], "vae")
+    summary["vae_final_loss"] = _fit("vae", vae, _vae_loss(vae_images, float(cfg["vae_train"]["beta"])),
+                                     cfg["vae_train"], seed, ckpt, clock, progress)
+    scale = float(1.0 / posterior_means(vae, vae_images).to(torch.float64).std())
+    vae.register_to_config(scaling_factor=scale)
+
+    tokenizer = tiny_clip.write_tokenizer(ckpt.folder / "tokenizer", datasets.caption_words())
+    torch.manual_seed(_seed_for_init(seed, "text_encoder"))
+    text_encoder = CLIPTextModel(tiny_clip.text_encoder_config(tokenizer, cfg["text_encoder"])).eval()
+    text_encoder.requires_grad_(False)
+    captions = datasets.digit_captions(split.member_ids)
+    # index 0, the empty prompt, is what caption dropout uses; held-out captions are embedded for the curve
+    prompts = [""] + sorted(set(captions) | set(datasets.digit_captions(split.heldout_ids)))
+    table = tiny_clip.prompt_embeddings(tokenizer, text_encoder, prompts)
+    index = torch.tensor([prompts.index(c) for c in captions])
+
+    def latents(ids: list[str]) -> torch.Tensor:
+        return (scale * posterior_means(vae, datasets.digits_by_ids(ids, data["size"]))).to(torch.float32)
+
+    members = latents(split.member_ids)
+    abar = scheduler.alphas_cumprod.to(torch.float32)
+    dropout = float(cond["caption_dropout"])
+
+    def loss(unet, gen, batch_size):
+        pick = torch.randint(len(members), (batch_size,), generator=gen)
+        t = torch.randint(len(abar), (batch_size,), generator=gen)
+        eps = torch.randn((batch_size, *members.shape[1:]), generator=gen)
+        keep = torch.rand(batch_size, generator=gen) >= dropout
+        a = abar[t].view(-1, 1, 1, 1)
+        z_t = a.sqrt() * members[pick] + (1 - a).sqrt() * eps
+        return F.mse_loss(unet(z_t, t, encoder_hidden_states=table[torch.where(keep, index[pick], 0)]).sample, eps)
+
+    heldout_ids = split.heldout_ids[: len(split.member_ids)]
+    curve_sets = (members, index, latents(heldout_ids),
+                  torch.tensor([prompts.index(c) for c in datasets.digit_captions(heldout_ids)]))
+
+    torch.manual_seed(_seed_for_init(seed, "unet"))
+    unet = _build(UNet2DConditionModel, cfg["unet"], "unet")
+    record = _curve_recorder(ckpt, table, curve_sets, scheduler.alphas_cumprod, progress)
+    saved = ckpt.progress()["phases"].get("unet", {}).get("step", 0)
+    if saved and saved not in [p["step"] for p in _read_curve(ckpt)]:
+        # A run stopped between saving a checkpoint and recording its point: the saved weights
+        # are exactly that step's, so the point is recorded from them now.
+        from safetensors.torch import load_file
+
+        unet.load_state_dict(load_file(str(ckpt.folder / "unet.safetensors")))
+        record(saved, unet.eval())
+    summary["unet_final_loss"] = _fit("unet", unet, loss, cfg["train"], seed, ckpt, clock, progress, record)
+    summary["curve"] = _read_curve(ckpt)
+    summary["vae_train_ids"] = vae_ids
+    return unet, scheduler, vae, text_encoder, tokenizer
+
+
+def _read_curve(ckpt: Checkpoints) -> list[dict]:
+    path = ckpt.folder / CURVE_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def _curve_recorder(ckpt: Checkpoints, table: torch.Tensor, sets: tuple, alphas_cumprod: torch.Tensor,
+                    progress: bool) -> Callable[[int, torch.nn.Module], None]:
+    """A checkpoint hook that appends SimA's AUC at a few t to ``curve.json`` beside the checkpoint.
+
+    SimA here is ||eps_theta(z0, t, c)||_4^4 on the clean latent, as the attack defines it; this is
+    only the training's learning curve, the model card's figures come from ``sima audit``.
+    """
+    from core.metrics import auc
+
+    members, member_prompt, heldout, heldout_prompt = sets
+    latents = torch.cat([members, heldout])
+    prompt = torch.cat([member_prompt, heldout_prompt])
+    labels = [1] * len(members) + [0] * len(heldout)
+
+    def record(step: int, unet: torch.nn.Module) -> None:
+        point: dict[str, Any] = {"step": step,
+                                 "loss": float(torch.load(ckpt.folder / "unet.state.pt", weights_only=True)["loss"])}
+        with torch.no_grad():
+            for mode, which in (("caption", prompt), ("empty", torch.zeros_like(prompt))):
+                for t in CURVE_TIMESTEPS:
+                    steps = torch.full((len(latents),), t)
+                    eps = unet(latents, steps, encoder_hidden_states=table[which]).sample
+                    stat = eps.pow(4).flatten(1).sum(1)
+                    point[f"auc_{mode}_t{t}"] = round(auc(scores=(-stat).numpy(), labels=labels), 4)
+        curve = [p for p in _read_curve(ckpt) if p["step"] < step]
+        _atomic(ckpt.folder / CURVE_FILE, lambda p: p.write_text(json.dumps(curve + [point])))
+        if progress:
+            print(json.dumps(point), file=sys.stderr, flush=True)
+
+    return record
+
+
 def _seed_for_init(seed: int, phase: str) -> int:
     """The global seed set before building a network, so its initial weights are reproducible."""
     from core.hashing import seed_for
@@ -439,7 +593,17 @@ def _build(cls: Any, fields: dict, name: str) -> torch.nn.Module:
         raise SimaError(f"Config '{name}' is not a valid {cls.__name__}: {exc}") from None
 
 
-def _save_folder(out: Path, unet, scheduler, vae) -> None:
+def _save_folder(out: Path, unet, scheduler, vae, text_encoder=None, tokenizer=None) -> None:
+    if text_encoder is not None:
+        from diffusers import StableDiffusionPipeline
+
+        # model_index.json too: the folder is a Stable Diffusion 1.x pipeline diffusers can load and sample from
+        StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                safety_checker=None, feature_extractor=None,
+                                requires_safety_checker=False).save_pretrained(out, safe_serialization=True)
+        for name in ("vocab.json", "merges.txt"):  # the tokenizer's source files, as Stable Diffusion ships them
+            shutil.copyfile(Path(tokenizer.name_or_path) / name, out / "tokenizer" / name)
+        return
     if vae is None:
         from diffusers import DDPMPipeline
 
@@ -473,13 +637,35 @@ def _manifest(cfg: dict, out: Path, record: dict, split, wall: float, summary: d
         "preprocessing": record["preprocessing"],
         "member_ids": split.member_ids,
         "heldout_ids": split.heldout_ids,
+        **_text_fields(cfg, split, summary),
         "seed": cfg["seed"],
         "steps": steps,
         "wall_time_s": round(wall, 1),
         "threads": torch.get_num_threads(),
-        "training": {k: round(v, 6) for k, v in summary.items()},
+        "training": {k: round(v, 6) for k, v in summary.items() if isinstance(v, float)},
         "config": cfg,
         "packages": package_versions(),
+    }
+
+
+def _text_fields(cfg: dict, split, summary: dict) -> dict:
+    """What a text model's manifest adds: the autoencoder's digits, the captions, and how it was trained."""
+    from core import datasets
+
+    if cfg["kind"] != "text":
+        return {}
+    ids = split.member_ids + split.heldout_ids
+    return {
+        "vae_train_ids": summary["vae_train_ids"],
+        "captions": dict(zip(ids, datasets.digit_captions(ids))),
+        "captioning": (
+            "core.datasets.digit_captions: 'a handwritten <digit>', with 'thin' for the third of each "
+            "class with the least ink and 'thick' for the third with the most"
+        ),
+        "caption_dropout": cfg["conditioning"]["caption_dropout"],
+        "text_encoder": TEXT_ENCODER_NOTE,
+        "loss": LOSS_NOTE,
+        "learning_curve": summary["curve"],
     }
 
 
@@ -489,20 +675,24 @@ def package_versions() -> dict[str, str]:
     import PIL
     import safetensors
     import sklearn
+    import transformers
 
     return {
         "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
         "scikit-learn": sklearn.__version__, "numpy": numpy.__version__, "safetensors": safetensors.__version__,
         "pillow": PIL.__version__,
+        "transformers": transformers.__version__,
     }
 
 
-def _reconstruction(model, record: dict, split) -> dict:
-    """Mean squared reconstruction error (per pixel, [-1, 1] scale) of the VAE on each split."""
+def _reconstruction(model, record: dict, split, vae_ids: list[str] | None = None) -> dict:
+    """Mean squared reconstruction error (per pixel, [-1, 1] scale) of the VAE on each split, and
+    on its own training digits when they are not the members."""
     from core import datasets
 
     out = {}
-    for which, ids in (("members", split.member_ids), ("heldout", split.heldout_ids)):
+    sets = (("members", split.member_ids), ("heldout", split.heldout_ids)) + ((("vae_train", vae_ids),) if vae_ids else ())
+    for which, ids in sets:
         images = datasets.digits_by_ids(ids, record["size"])
         with torch.no_grad():
             out[which] = round(float((model.decode(model.encode(images)) - images).pow(2).mean()), 6)
@@ -510,7 +700,8 @@ def _reconstruction(model, record: dict, split) -> dict:
 
 
 def run_check(model, record: dict, split, check: dict) -> dict:
-    """A SimA audit of members vs held-out by the protocol of ``core.audit.run_audit``."""
+    """A SimA audit of members vs held-out by the protocol of ``core.audit.run_audit``; a
+    text-to-image model is conditioned on each digit's caption."""
     from core import datasets
     from core.attacks.sima import SimA
     from core.audit import run_audit
@@ -520,10 +711,15 @@ def run_check(model, record: dict, split, check: dict) -> dict:
     members = datasets.digits_by_ids(split.member_ids, record["size"])
     heldout = datasets.digits_by_ids(split.heldout_ids, record["size"])
     seed = int(check.get("seed", 0))
-    result = run_audit(model, members, heldout, attack=SimA(), timesteps=check["timesteps"], seed=seed)
+    captions = {}
+    if getattr(model, "conditional", False):
+        captions = {"member_cond": datasets.digit_captions(split.member_ids),
+                    "nonmember_cond": datasets.digit_captions(split.heldout_ids)}
+    result = run_audit(model, members, heldout, attack=SimA(), timesteps=check["timesteps"], seed=seed, **captions)
     m = result.metrics.to_dict()
     return {
         "attack": "sima",
+        **({"condition": "caption"} if captions else {}),
         "p": 4,
         "protocol": "core.audit.run_audit: t chosen by AUC on the selection half, metrics on the report half",
         "seed": seed,

@@ -7,6 +7,7 @@ are only referred to here.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ DEFAULT_FPR = 0.01
 #: The pixel and latent demos trained on the same members, for the "Pixel vs latent" page.
 PIXEL_VS_LATENT = ("digits-ddpm-memorising", "digits-ldm-beta-low", "digits-ldm-beta-high")
 PERFECT_MEMORISER = "digits-empirical"
+#: How a conditional model is queried: each image's own caption (or label), or the empty prompt.
+CONDITION_MODES = {"caption": "each image's caption", "empty": "the empty prompt"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,33 @@ class Choices:
     attack: str
     grid: tuple[int, ...]
     seed: int = DEFAULT_SEED
+    #: "caption" or "empty" for a text- or class-conditional model; None for an unconditional one.
+    condition: str | None = None
+
+
+def model_spec(model: str, lora: str = "", lora_scale: float = 1.0) -> str:
+    """One string naming a model and, when given, the LoRA adapter loaded onto it.
+
+    Pages pass a model around as this string (it keys the model cache); without a LoRA it is
+    the model's own name, folder or hub id.
+    """
+    if not lora.strip():
+        return model
+    return json.dumps({"model": model, "lora": lora.strip(), "lora_scale": float(lora_scale)}, sort_keys=True)
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """(model, load_model keyword arguments) of a :func:`model_spec` string."""
+    if spec.startswith("{"):
+        parts = json.loads(spec)
+        return parts["model"], {"lora": parts["lora"], "lora_scale": parts["lora_scale"]}
+    return spec, {}
+
+
+def spec_title(spec: str) -> str:
+    """How the sidebar names a spec: the model, and its LoRA adapter when there is one."""
+    model, extra = parse_spec(spec)
+    return f"{model} + LoRA {extra['lora']} (scale {extra['lora_scale']:g})" if extra else model
 
 
 def default_model() -> str:

@@ -24,6 +24,14 @@ class LabelledSet:
     source: str
     member_digests: tuple[str, ...] = ()
     nonmember_digests: tuple[str, ...] = ()
+    #: One caption per image when the set has them (a conditional model's own split, or uploads
+    #: with captions); None when they are unknown.
+    member_captions: tuple[str, ...] | None = None
+    nonmember_captions: tuple[str, ...] | None = None
+
+    @property
+    def captioned(self) -> bool:
+        return self.member_captions is not None and self.nonmember_captions is not None
 
     def __len__(self) -> int:
         return len(self.member_ids) + len(self.nonmember_ids)
@@ -45,15 +53,21 @@ class LabelledSet:
 
 def labelled_set(
     members: torch.Tensor, member_ids: Sequence[str], nonmembers: torch.Tensor, nonmember_ids: Sequence[str],
-    source: str,
+    source: str, *, member_captions: Sequence[str] | None = None, nonmember_captions: Sequence[str] | None = None,
 ) -> LabelledSet:
-    """Wrap two image batches, keyed by their content so equal uploads share cached results."""
+    """Wrap two image batches, keyed by their content (and captions) so equal uploads share cached results."""
     if len(member_ids) == 0 or len(nonmember_ids) == 0:
         raise DataError("Give at least one member and one non-member image.")
     key = tensor_digest(members) + tensor_digest(nonmembers)
+    if member_captions is not None and nonmember_captions is not None:
+        key += captions_digest([*member_captions, *nonmember_captions])
+    else:
+        member_captions = nonmember_captions = None
     return LabelledSet(
         members, list(member_ids), nonmembers, list(nonmember_ids), key, source,
         tuple(row_digests(members)), tuple(row_digests(nonmembers)),
+        None if member_captions is None else tuple(member_captions),
+        None if nonmember_captions is None else tuple(nonmember_captions),
     )
 
 
@@ -72,3 +86,13 @@ def subset(data: LabelledSet, per_side: int, seed: int) -> LabelledSet:
         data.members[m], [data.member_ids[i] for i in m], data.nonmembers[n], [data.nonmember_ids[i] for i in n],
         f"{len(m)} members and {len(n)} non-members drawn at random from {data.source}",
     )
+
+
+def captions_digest(captions: Sequence[str] | None) -> str:
+    """A short key of a list of captions, for cache keys ("" for none)."""
+    import hashlib
+    import json
+
+    if captions is None:
+        return ""
+    return hashlib.sha256(json.dumps(list(captions)).encode("utf-8", "surrogatepass")).hexdigest()[:16]

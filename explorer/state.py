@@ -21,14 +21,14 @@ import torch
 
 from core.attacks import get_attack
 from core.domain import DomainReference
-from core.errors import SimaError
+from core.errors import DataError, SimaError
 from core.hashing import tensor_digest
 from core.metrics import N_BOOTSTRAP
 from core.models.base import DiffusionModel
 from explorer import examples as bundled
-from explorer.choices import Choices
+from explorer.choices import Choices, parse_spec
 from explorer.progress import progress_bar, raise_if_stopped, stop_button
-from explorer.sets import LabelledSet, labelled_set
+from explorer.sets import LabelledSet, captions_digest, labelled_set
 
 if TYPE_CHECKING:
     from core.audit import AuditResult
@@ -52,10 +52,12 @@ def attack_params(name: str) -> str:
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def get_model(spec: str, device: str) -> DiffusionModel:
-    """A model by spec, loaded once per process and shared by every session."""
+    """A model by spec (see :func:`explorer.choices.model_spec`: a LoRA adapter travels in it),
+    loaded once per process and shared by every session."""
     from core import load_model
 
-    return load_model(spec, device=device)
+    model, extra = parse_spec(spec)
+    return load_model(model, device=device, **extra)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -64,17 +66,21 @@ def model_size(spec: str) -> tuple[int, int] | None:
     for a model without networks. Raises the ModelError that loading would raise."""
     from core.models.registry import plan_model
 
-    plan = plan_model(spec)
+    plan = plan_model(parse_spec(spec)[0])  # the base model: a LoRA adapter is small beside it
     return None if plan is None else (plan.parameters, plan.nbytes)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def model_split(spec: str, device: str) -> LabelledSet:
     """The model's own members and held-out images; DataError when its manifest has none."""
-    from core.datasets import demo_sets
+    from core.datasets import demo_captions, demo_sets
 
-    members, member_ids, heldout, heldout_ids = demo_sets(get_model(spec, device))
-    return labelled_set(members, member_ids, heldout, heldout_ids, "the model's own split")
+    model = get_model(spec, device)
+    members, member_ids, heldout, heldout_ids = demo_sets(model)
+    table = demo_captions(model) if getattr(model, "conditional", False) else None
+    captions = {} if table is None else {
+        "member_captions": table.for_ids(member_ids), "nonmember_captions": table.for_ids(heldout_ids)}
+    return labelled_set(members, member_ids, heldout, heldout_ids, "the model's own split", **captions)
 
 
 def split_or_reason(choices: Choices) -> tuple[LabelledSet | None, str | None]:
@@ -137,10 +143,24 @@ def score_cache() -> ScoreCache | None:
     return cache
 
 
+def captions_for(choices: Choices, captions, what: str = "these images") -> list[str] | None:
+    """The captions to condition on in the chosen mode: the given ones in caption mode, None
+    (the empty prompt, or an unconditional model) otherwise; a DataError when caption mode has
+    no captions to use."""
+    if choices.condition != "caption":
+        return None
+    if captions is None:
+        raise DataError(
+            f"The model is conditioned on each image's caption, but {what} have none. Add captions "
+            "(NAME.txt beside each image in a zip), or choose the empty prompt in the sidebar."
+        )
+    return list(captions)
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def _audit(
     fingerprint: str, device: str, attack: str, params: str, grid: tuple[int, ...], seed: int, data_key: str,
-    n_bootstrap: int, persistent: bool, _spec: str, _data: LabelledSet, _why: str,
+    n_bootstrap: int, persistent: bool, condition: str | None, _spec: str, _data: LabelledSet, _why: str,
 ):
     from core.audit import run_audit
 
@@ -154,6 +174,8 @@ def _audit(
             model, _data.members, _data.nonmembers, attack=get_attack(attack),
             timesteps=grid, seed=seed, member_ids=_data.member_ids, nonmember_ids=_data.nonmember_ids,
             n_bootstrap=n_bootstrap, progress=update, cache=score_cache() if persistent else None,
+            member_cond=None if condition != "caption" else list(_data.member_captions),
+            nonmember_cond=None if condition != "caption" else list(_data.nonmember_captions),
         )
     finally:
         close()
@@ -173,8 +195,11 @@ def audit(
     spec = spec or choices.spec
     name = attack or choices.attack
     model = get_model(spec, choices.device)
+    condition = choices.condition if getattr(model, "conditional", False) else None
+    if condition == "caption" and not data.captioned:
+        captions_for(choices, None, f"the images of {data.source}")
     key = (model.fingerprint, choices.device, name, attack_params(name), tuple(choices.grid), choices.seed,
-           data.key, n_bootstrap, persistent)
+           data.key, n_bootstrap, persistent, condition)
     run = run or hashlib.sha256(repr(key).encode()).hexdigest()[:16]
     what = f"scoring with {get_attack(name).title} on {model.name}"
     raise_if_stopped(run, what[0].upper() + what[1:])
@@ -188,20 +213,25 @@ def audit(
 @st.cache_data(show_spinner=False, max_entries=256)
 def _image_statistics(
     fingerprint: str, device: str, attack: str, params: str, grid: tuple[int, ...], seed: int, digest: str,
-    _spec: str, _images: torch.Tensor,
+    captions_key: str, _spec: str, _images: torch.Tensor, _captions: list[str] | None,
 ) -> np.ndarray:
     from core.audit import image_statistics
 
     model = get_model(_spec, device)
-    return image_statistics(model, _images, get_attack(attack), list(grid), seed=seed, cache=score_cache()).numpy()
+    return image_statistics(model, _images, get_attack(attack), list(grid), seed=seed, cache=score_cache(),
+                            cond=_captions).numpy()
 
 
-def image_statistics(choices: Choices, images: torch.Tensor) -> np.ndarray:
-    """Raw statistics (N, T) of [-1, 1] images over the grid, with the same keyed noise as audits."""
-    fingerprint = get_model(choices.spec, choices.device).fingerprint
+def image_statistics(choices: Choices, images: torch.Tensor, captions=None) -> np.ndarray:
+    """Raw statistics (N, T) of [-1, 1] images over the grid, with the same keyed noise as audits.
+
+    ``captions`` (one per image) condition a conditional model in caption mode.
+    """
+    model = get_model(choices.spec, choices.device)
+    used = captions_for(choices, captions) if getattr(model, "conditional", False) else None
     return _image_statistics(
-        fingerprint, choices.device, choices.attack, attack_params(choices.attack), tuple(choices.grid), choices.seed,
-        tensor_digest(images), choices.spec, images,
+        model.fingerprint, choices.device, choices.attack, attack_params(choices.attack), tuple(choices.grid),
+        choices.seed, tensor_digest(images), captions_digest(used), choices.spec, images, used,
     )
 
 

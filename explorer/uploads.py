@@ -28,3 +28,17 @@ def load_uploads(
     pairs = [f if isinstance(f, tuple) else (f.name, f.getvalue()) for f in files]
     c, h, w = image_shape
     return load_images(pairs, channels=c, size=(h, w), max_files=MAX_UPLOAD_FILES, progress=progress)
+
+
+def captions_of_uploads(files: Sequence, ids: Sequence[str]) -> list[str | None]:
+    """Each uploaded image's caption from a sidecar NAME.txt inside its zip (None where there is none)."""
+    from core.conditioning import sidecar_captions
+
+    pairs = [f if isinstance(f, tuple) else (f.name, f.getvalue()) for f in files]
+    table = sidecar_captions(pairs) if pairs else None
+    return [table.lookup(i) if table is not None else None for i in ids]
+
+
+def all_or_none(captions: Sequence[str | None]) -> list[str] | None:
+    """The captions when every image has one, else None (caption mode then says what is missing)."""
+    return None if not captions or any(c is None for c in captions) else list(captions)

@@ -57,9 +57,10 @@ def reference_from_audit(result, data: LabelledSet) -> Reference:
     )
 
 
-def reference_from_images(choices: Choices, nonmembers: torch.Tensor) -> Reference:
-    """Uploaded known non-members as the reference (members unknown)."""
-    stats = state.image_statistics(choices, nonmembers)
+def reference_from_images(choices: Choices, nonmembers: torch.Tensor, captions=None) -> Reference:
+    """Uploaded known non-members as the reference (members unknown); ``captions`` condition a
+    conditional model in caption mode, like the images they are compared with."""
+    stats = state.image_statistics(choices, nonmembers, captions)
     return Reference(
         timesteps=list(choices.grid), member_when=get_attack(choices.attack).member_when,
         nonmembers=stats, members=None, nonmember_digests=tuple(row_digests(nonmembers)),

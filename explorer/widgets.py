@@ -16,12 +16,13 @@ import torch
 from PIL import Image
 
 from core import demo_names
-from core.attacks import ATTACK_NAMES, get_attack
+from core.attacks import ATTACK_NAMES, CONDITIONAL_ATTACK_NAMES, get_attack
 from core.errors import SimaError
 from core.models.loading import human_size
 from explorer import reading, state
 from explorer.choices import (
-    DEFAULT_MODEL, DEFAULT_SEED, Choices, default_grid, default_model, devices, parse_grid,
+    CONDITION_MODES, DEFAULT_MODEL, DEFAULT_SEED, Choices, default_grid, default_model, devices, model_spec,
+    parse_grid, spec_title,
 )
 from explorer.progress import RunStopped, resume
 from explorer.sets import LabelledSet
@@ -83,6 +84,22 @@ def _initial_model(options: list[str]) -> None:
 
 
 def _model_spec() -> str:
+    """The model box: a bundled demo, a folder or a hub id, and an optional LoRA adapter on it."""
+    model = _base_model()
+    if not model:
+        return ""
+    with st.expander("LoRA adapter (optional)", expanded=bool(st.session_state.get("model_lora"))):
+        lora = st.text_input(
+            "LoRA", key="model_lora", placeholder="/path/to/adapter or owner/name",
+            help="A LoRA fine-tune of a Stable Diffusion or SDXL model: a .safetensors file, its folder, or a hub "
+            "id (online only). It is loaded onto the model above through diffusers' own LoRA loading.",
+        )
+        scale = st.number_input("Scale", value=1.0, step=0.1, key="model_lora_scale", disabled=not lora.strip(),
+                                help="The adapter's weight: 1.0 is the fine-tune as trained, 0 the base model.")
+    return model_spec(model, lora, scale)
+
+
+def _base_model() -> str:
     options = _model_options()
     _initial_model(options)
     if st.session_state.get("model_choice") not in options:
@@ -112,7 +129,8 @@ def _size_line(size: tuple[int, int]) -> str:
 
 def _describe(info, size: tuple[int, int] | None = None) -> str:
     c, h, w = info.image_shape
-    lines = [f"**{info.name}**: {info.kind} model, {h}×{w} pixels, {c} channel{'s' if c > 1 else ''}"]
+    conditioned = {"caption": "text-to-image ", "label": "class-conditional "}.get(getattr(info, "condition_kind", None) or "", "")
+    lines = [f"**{info.name}**: {conditioned}{info.kind} model, {h}×{w} pixels, {c} channel{'s' if c > 1 else ''}"]
     if info.kind == "latent":
         lines.append(f"latent space {'×'.join(map(str, info.sample_shape))}")
     if size:
@@ -150,8 +168,8 @@ def sidebar() -> Choices | None:
             # machine is refused before it is allocated, and the user sees what loading takes.
             size = state.model_size(spec)
             if size:
-                caption.caption(f"Loading {spec}: {_size_line(size)}.")
-            with st.spinner(f"Loading {spec}…"):
+                caption.caption(f"Loading {spec_title(spec)}: {_size_line(size)}.")
+            with st.spinner(f"Loading {spec_title(spec)}…"):
                 model = state.get_model(spec, device)
         except SimaError as error:
             caption.empty()
@@ -164,7 +182,8 @@ def sidebar() -> Choices | None:
             with st.expander("About this model"):
                 st.caption(info.manifest["demo"])
 
-        names = ATTACK_NAMES
+        condition = _condition_mode(model)
+        names = ATTACK_NAMES + (CONDITIONAL_ATTACK_NAMES if condition == "caption" else ())
         if st.session_state.get("attack") not in names:
             st.session_state["attack"] = names[0]
         attack = st.selectbox("Attack", names, key="attack", format_func=reading.attack_title)
@@ -185,9 +204,26 @@ def sidebar() -> Choices | None:
             seed = st.number_input("Seed", min_value=0, value=DEFAULT_SEED, step=1, key="seed",
                                    help="Fixes the noise of random attacks, the selection/report split and the bootstrap.")
         st.caption("Everything runs on this machine; uploads stay in memory and are never sent anywhere.")
-    choices = Choices(spec=spec, device=device, attack=attack, grid=tuple(grid), seed=int(seed))
+    choices = Choices(spec=spec, device=device, attack=attack, grid=tuple(grid), seed=int(seed), condition=condition)
     st.session_state[CHOICES] = choices
     return choices
+
+
+def _condition_mode(model) -> str | None:
+    """For a conditional model, what every page conditions it on: each image's caption (or
+    class label) or the empty prompt; None for an unconditional model."""
+    if not getattr(model, "conditional", False):
+        return None
+    what = "class label" if getattr(model, "condition_kind", None) == "label" else "caption"
+    labels = {"caption": f"each image's {what}", "empty": "the empty prompt" if what == "caption" else "the null class"}
+    if st.session_state.get("condition") not in CONDITION_MODES:
+        st.session_state["condition"] = "caption"
+    return st.radio(
+        "Condition on", list(CONDITION_MODES), key="condition", format_func=labels.get,
+        help=f"A {'text-to-image' if what == 'caption' else 'class-conditional'} model predicts the noise given a "
+        f"condition. Members were trained with their own {what}, so conditioning on it usually shows more; the "
+        "empty condition is what classifier-free guidance trains as 'unconditional'.",
+    )
 
 
 def require_choices() -> Choices:
@@ -306,3 +342,59 @@ def labelled_data(choices: Choices, *, key: str) -> LabelledSet:
 def plot(figure: go.Figure, key: str) -> None:
     """A plotly figure as built (no Streamlit theme), so the screen matches the HTML report."""
     st.plotly_chart(figure, key=key, theme=None, config={"displaylogo": False})
+
+
+# ----------------------------------------------------------------------------- conditioning
+
+
+def caption_editor(model, choices: Choices, names: Sequence[str], known: Sequence[str | None], *, key: str) -> list[str] | None:
+    """An editable table with one caption per image, prefilled with the captions already known
+    (a sidecar NAME.txt, the model's manifest); returns the captions in caption mode, None in
+    empty mode. Stops the page, naming the images, while a caption is missing in caption mode."""
+    import hashlib
+
+    what = "label" if getattr(model, "condition_kind", None) == "label" else "caption"
+    # The table's edits are kept per set of images, so a new upload starts from its own captions.
+    digest = hashlib.sha256("\n".join(names).encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    edited = st.data_editor(
+        {"image": list(names), what: [k or "" for k in known]},
+        key=f"{key}_{digest}", hide_index=True, num_rows="fixed", disabled=["image"], width="stretch",
+        column_config={what: st.column_config.TextColumn(
+            what.capitalize(), help=f"The {what} to condition the model on for this image (a NAME.txt beside an "
+            "image inside an uploaded zip fills it in).", max_chars=2000)},
+    )
+    if choices.condition != "caption":
+        st.caption(f"The sidebar conditions the model on the empty prompt, so these {what}s are not used.")
+        return None
+    captions = [str(c or "").strip() for c in edited[what]]
+    missing = [n for n, c in zip(names, captions) if not c]
+    if missing:
+        st.warning(
+            f"Type a {what} for {', '.join(missing[:5])}{' and others' if len(missing) > 5 else ''}, "
+            "or condition on the empty prompt in the sidebar."
+        )
+        st.stop()
+    return captions
+
+
+#: Runs expected to take longer than this wait for the user to press a button first.
+LONG_RUN_S = 60.0
+
+
+def time_estimate(choices: Choices, n_images: int, *, key: str, what: str, attack: str | None = None) -> None:
+    """Say how long scoring ``n_images`` will take here, from one timed batch of this model;
+    stop the page until the user starts a run longer than :data:`LONG_RUN_S`."""
+    name = attack or choices.attack
+    evaluations = n_images * get_attack(name).queries_for_grid(list(choices.grid))
+    seconds = evaluations / state.forward_rate(choices)
+    text = f"{seconds / 60:.0f} min" if seconds > 90 else f"{max(seconds, 1):.0f} s"
+    note = (f"At most about {text} for {what} on this machine ({evaluations:,} model evaluations, timed on one batch; "
+            "results already in the score cache are not recomputed).")
+    if seconds <= LONG_RUN_S or st.session_state.get(key) == (choices, n_images):
+        st.caption(note)
+        return
+    st.info(note)
+    if st.button(f"Start (about {text})", key=f"{key}_start", type="primary"):
+        st.session_state[key] = (choices, n_images)
+        st.rerun()
+    st.stop()

@@ -30,6 +30,7 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 APP = str(Path(__file__).resolve().parents[1] / "explorer" / "app.py")
 FAST = "digits-empirical"
+CAPTIONED = "digits-sd-captioned"
 GRID = "10,50"
 TIMEOUT = 180
 PAGES = ["check", "collection", "audit", "timesteps", "local_mean", "compare", "latent", "about"]
@@ -99,11 +100,26 @@ def test_a_newcomer_starts_on_the_check_page_with_the_memorising_demo(monkeypatc
     assert at.button(key="check_start").label == "Show me a member and a held-out image"
 
 
+def upload_for(demo: str) -> tuple[str, bytes, str]:
+    """A member digit to upload: a PNG, or for the captioned demo a zip holding the PNG and its
+    caption as a sidecar NAME.txt."""
+    name, png = demo_png("member")
+    if demo != CAPTIONED:
+        return name, png, "image/png"
+    from core.datasets import digit_captions
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(name, png)
+        archive.writestr(name.replace(".png", ".txt"), digit_captions([name[len("member-"):-len(".png")]])[0])
+    return "member.zip", buffer.getvalue(), "application/zip"
+
+
 @pytest.mark.parametrize("demo", demo_names())
 def test_every_bundled_demo_works_on_every_page(monkeypatch, demo):
     monkeypatch.setenv(GRID_ENV, "50")  # the sweeps here are shared with the latent page's test
     at = start(monkeypatch, demo)
-    at.file_uploader(key="check_uploads").set_value([(*demo_png("member"), "image/png")]).run()
+    at.file_uploader(key="check_uploads").set_value([upload_for(demo)]).run()
     assert [m.label for m in at.metric][:2] == [reading.statistic_label("sima"), "p-value"], texts(at.error)
     at.session_state["explorer_large_t"] = False  # one timestep per model keeps this test short
     for page in PAGES[1:]:
@@ -160,7 +176,57 @@ def test_a_bad_grid_is_explained(monkeypatch):
     assert "run from 0 to 999: 3 of the 5 timesteps asked for lie outside" in texts(at.sidebar.warning)
 
 
+def test_a_lora_that_cannot_load_gets_one_line_and_no_traceback(monkeypatch, tmp_path):
+    at = start(monkeypatch, CAPTIONED)
+    at.sidebar.text_input(key="model_lora").set_value(str(tmp_path / "no-adapter")).run()
+    assert not at.exception
+    assert len(at.sidebar.error) == 1 and "no-adapter" in at.sidebar.error[0].value
+
+
 # ----------------------------------------------------------------------------- check an image
+
+
+def test_the_captioned_demo_checks_its_own_digits_with_their_captions_or_the_empty_prompt(monkeypatch):
+    from core.datasets import digit_captions
+
+    at = start(monkeypatch, CAPTIONED)
+    assert at.sidebar.radio(key="condition").value == "caption"
+    baselines = {reading.attack_title("gap"), reading.attack_title("clid")}
+    assert baselines <= set(at.sidebar.selectbox(key="attack").options)
+    manifest = state.get_model(CAPTIONED, "cpu").manifest
+    member, heldout = manifest["member_ids"][0], manifest["heldout_ids"][0]
+    at.multiselect(key="check_split").set_value([f"member {member}", f"held-out {heldout}"]).run()
+    assert not at.exception and not at.warning, texts(at.warning)
+    shown = texts(at.caption)
+    for caption in digit_captions([member, heldout]):
+        assert f"Conditioned on “{caption}”" in shown
+    editor, table = at.dataframe  # the editable captions, then the results
+    assert list(editor.value["caption"]) == list(table.value["caption"]) == digit_captions([member, heldout])
+    captioned = [float(m.value) for m in at.metric if m.label == "p-value"]
+    assert len(captioned) == 2 and captioned[0] < captioned[1]  # the member looks more member-like
+    at.sidebar.radio(key="condition").set_value("empty").run()
+    assert not at.exception and "not used" in texts(at.caption) and "Conditioned on" not in texts(at.caption)
+    assert "caption" not in at.dataframe[1].value.columns
+    assert baselines.isdisjoint(at.sidebar.selectbox(key="attack").options)
+
+
+def test_an_upload_without_a_caption_is_asked_for_one(monkeypatch):
+    at = start(monkeypatch, CAPTIONED)
+    at.sidebar.radio(key="condition").set_value("caption").run()
+    at.file_uploader(key="check_uploads").set_value([(*demo_png("member"), "image/png")]).run()
+    assert not at.exception and not at.metric
+    assert "Type a caption for member-" in texts(at.warning)
+
+
+def test_a_long_run_waits_for_the_user_with_its_time_estimate(monkeypatch):
+    from explorer import widgets
+
+    monkeypatch.setattr(widgets, "LONG_RUN_S", 0.0)
+    at = start(monkeypatch, FAST)
+    at.file_uploader(key="check_uploads").set_value([(*demo_png("member"), "image/png")]).run()
+    assert not at.metric and "model evaluations, timed on one batch" in texts(at.info)
+    at.button(key="check_estimate_start").click().run()
+    assert not at.exception and [m.label for m in at.metric][:2] == [reading.statistic_label("sima"), "p-value"]
 
 
 def test_uploading_images_gives_scores_p_values_and_verdicts(monkeypatch):

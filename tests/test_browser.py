@@ -138,6 +138,14 @@ def _screenshot(page, name: str) -> Path:
     return path
 
 
+def _start_if_asked(page) -> None:
+    """Press the button a run longer than a minute waits behind, once the page has settled."""
+    _settle(page)
+    start = page.get_by_role("button", name="Start (about")
+    if start.count():
+        start.first.click()
+
+
 def _open(page, title: str) -> None:
     page.get_by_role("link", name=title, exact=True).click()
     page.get_by_role("heading", level=1).filter(has_text=title.split()[0]).wait_for(timeout=60_000)
@@ -165,6 +173,7 @@ def test_the_app_in_a_real_browser(server, tmp_path, capsys):
             # Check an image: upload a member and a held-out example.
             files = _example_files(tmp_path)
             page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files([str(f) for f in files])
+            _start_if_asked(page)
             page.get_by_text("as the model sees it").first.wait_for(timeout=RUN_TIMEOUT_MS)
             _settle(page)
             verdicts = page.get_by_text("Likely a member").count() + page.get_by_text("Not flagged").count()
@@ -245,3 +254,55 @@ def test_the_app_in_a_real_browser(server, tmp_path, capsys):
     outside = sorted({url for url in requests if not url.startswith((server, "data:", "blob:"))})
     assert not outside, f"the app fetched from outside this machine: {outside[:5]}"
     assert len(list(SHOTS.glob("*.png"))) >= 7
+
+
+def test_the_check_page_scores_an_upload_with_a_typed_caption_on_the_captioned_demo(server, tmp_path):
+    """Pick the text-to-image demo, upload one of its members, type its caption into the
+    table, and get a score and verdict conditioned on that caption."""
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    from core.datasets import digit_captions, digits_uint8
+    from core.models.registry import DEMO_DIR, read_manifest
+
+    name = "digits-sd-captioned"
+    member = read_manifest(DEMO_DIR / name)["member_ids"][0]
+    caption = digit_captions([member])[0]
+    path = tmp_path / f"{member}.png"
+    Image.fromarray(digits_uint8(16)[int(member.split("-")[-1])]).save(path)
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(server)
+            page.get_by_role("heading", name="Check an image").wait_for(timeout=90_000)
+            _settle(page)
+            page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+            page.get_by_role("option", name=name, exact=True).click()
+            _settle(page)
+            page.get_by_text("Condition on").wait_for(timeout=60_000)
+
+            page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files([str(path)])
+            page.get_by_text("Type a caption for").wait_for(timeout=RUN_TIMEOUT_MS)
+            _settle(page)  # an edit made while the script still runs is lost when it redraws the table
+            # The caption column of the table's only row: a click selects the cell, typing edits it.
+            grid = page.locator('[data-testid="stDataFrame"]').first
+            box = grid.bounding_box()
+            page.mouse.dblclick(box["x"] + box["width"] * 0.75, box["y"] + 35 + 17)
+            page.wait_for_timeout(500)
+            page.keyboard.insert_text(caption)  # at once: a key typed while the cell editor opens is lost
+            page.keyboard.press("Enter")
+            _screenshot(page, "8-check-caption-typed")
+            _start_if_asked(page)
+            page.get_by_text(f"Conditioned on “{caption}”").wait_for(timeout=RUN_TIMEOUT_MS)
+            _settle(page)
+            verdicts = page.get_by_text("Likely a member").count() + page.get_by_text("Not flagged").count()
+            assert verdicts >= 1, "the uploaded image should get a verdict"
+            _no_error_shown(page)
+            _screenshot(page, "9-check-with-a-caption")
+        finally:
+            browser.close()
+    outside = sorted({url for url in requests if not url.startswith((server, "data:", "blob:"))})
+    assert not outside, f"the app fetched from outside this machine: {outside[:5]}"

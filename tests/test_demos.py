@@ -137,3 +137,75 @@ def test_examples_are_rebuilt_identically(tmp_path):
         assert committed[row["file"]] == row
         with Image.open(tmp_path / row["file"]) as new, Image.open(EXAMPLES / row["file"]) as old:
             assert new.tobytes() == old.tobytes()
+
+
+# ----------------------------------------------------------------------------- the captioned demo
+
+CAPTIONED = "digits-sd-captioned"
+
+
+@pytest.fixture(scope="module")
+def captioned():
+    return load_model(CAPTIONED)
+
+
+def test_the_captioned_demo_is_a_small_stable_diffusion_folder_that_loads_offline(captioned):
+    recorded = manifest(CAPTIONED)
+    folder = DEMO_DIR / CAPTIONED
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+    assert (folder / "tokenizer" / "vocab.json").is_file() and (folder / "tokenizer" / "merges.txt").is_file()
+    assert folder_bytes(folder) < 5 * MB
+    assert captioned.conditional and captioned.image_shape == (1, 16, 16)
+    assert captioned.fingerprint == recorded["fingerprint"]
+
+
+def test_the_captioned_demos_autoencoder_saw_neither_members_nor_held_out_digits():
+    recorded = manifest(CAPTIONED)
+    vae_ids, members, heldout = (set(recorded[k]) for k in ("vae_train_ids", "member_ids", "heldout_ids"))
+    assert len(vae_ids) == 1000 and not vae_ids & members and not vae_ids & heldout
+    assert recorded["member_ids"] == datasets.digits_split(256).member_ids  # the memorising demo's members
+    ids = recorded["member_ids"] + recorded["heldout_ids"]
+    assert recorded["captions"] == dict(zip(ids, datasets.digit_captions(ids)))
+    assert datasets.demo_captions(type("Model", (), {"manifest": recorded, "name": CAPTIONED})()).for_ids(ids[:3]) \
+        == datasets.digit_captions(ids[:3])
+
+
+def test_the_captioned_demos_members_score_lower_with_their_own_captions(captioned):
+    from core.scoring import statistics_at
+
+    recorded = manifest(CAPTIONED)
+    member_ids, heldout_ids = recorded["member_ids"][:12], recorded["heldout_ids"][:12]
+    ids = member_ids + heldout_ids
+    stats = statistics_at(captioned, datasets.digits_by_ids(ids), SimA(), 50, seed=0,
+                          cond=datasets.digit_captions(ids)).numpy()
+    assert stats[:12].mean() < stats[12:].mean()
+    assert (stats[:12, None] < stats[None, 12:]).mean() > 0.8  # the AUC of this handful
+
+
+def test_demo_sets_of_the_captioned_demo_bring_their_captions_on_the_command_line(tmp_path, capsys):
+    from core.cli import main
+
+    common = ["audit", "--model", CAPTIONED, "--members", "demo", "--nonmembers", "demo", "--attack", "sima",
+              "--timesteps", "50", "--bootstrap", "0", "--quiet", "--no-cache", "--json"]
+    assert main(common) == 0
+    captioned = json.loads(capsys.readouterr().out)
+    assert captioned["extra"]["condition"] == "caption"
+    assert main([*common, "--condition", "empty"]) == 0
+    empty = json.loads(capsys.readouterr().out)
+    assert empty["extra"]["condition"] == "empty"
+    assert captioned["per_t"][0]["auc"] > empty["per_t"][0]["auc"]  # its members were trained with these captions
+
+
+def test_paired_comparisons_name_the_condition_of_each_audit(captioned):
+    from core.audit import compare_results
+
+    members, member_ids, heldout, heldout_ids = datasets.demo_sets(captioned)
+    keep = dict(members=members[:40], nonmembers=heldout[:40], member_ids=member_ids[:40], nonmember_ids=heldout_ids[:40])
+    common = dict(attack=SimA(), timesteps=[50], seed=0, n_bootstrap=20)
+    caption = run_audit(captioned, keep["members"], keep["nonmembers"], member_ids=keep["member_ids"],
+                        nonmember_ids=keep["nonmember_ids"], member_cond=datasets.digit_captions(keep["member_ids"]),
+                        nonmember_cond=datasets.digit_captions(keep["nonmember_ids"]), **common)
+    empty = run_audit(captioned, keep["members"], keep["nonmembers"], member_ids=keep["member_ids"],
+                      nonmember_ids=keep["nonmember_ids"], **common)
+    assert (caption.label, empty.label) == ("sima (caption)", "sima (empty)")
+    assert "sima (caption)" in compare_results(caption, empty).sentence()

@@ -6,7 +6,6 @@ import torch
 import core
 from core.attacks import SimA, SimAMC
 from core.errors import SimaError
-from tests.helpers import tiny_unet
 
 
 @pytest.fixture

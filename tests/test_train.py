@@ -39,6 +39,19 @@ def latent_config(**extra):
             **extra}
 
 
+TINY_TEXT_UNET = {
+    **TINY_UNET, "attention_head_dim": 4,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"], "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+}
+
+
+def text_config(**extra):
+    return {"kind": "text", "data": {"size": 8, "members": 24, "heldout": 24}, "unet": TINY_TEXT_UNET,
+            "vae": TINY_VAE, "vae_train": {**PHASE, "beta": 1e-3}, "train": dict(PHASE), "check": None, "threads": 1,
+            "text_encoder": {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2},
+            "conditioning": {"caption_dropout": 0.1, "vae_images": 40}, **extra}
+
+
 def weights(folder, component="unet"):
     return load_file(str(folder / component / "diffusion_pytorch_model.safetensors"))
 
@@ -75,6 +88,31 @@ def test_a_latent_run_stores_the_scaling_that_whitens_the_member_latents(tmp_pat
     assert math.isclose(float(model.encode(members).to(torch.float64).std()), 1.0, rel_tol=1e-5)
 
 
+def test_a_text_run_saves_a_stable_diffusion_folder_whose_autoencoder_never_saw_the_split(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    out = training.train(text_config(), tmp_path / "sd", progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert json.loads((out / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+    assert (out / "tokenizer" / "vocab.json").is_file() and (out / "tokenizer" / "merges.txt").is_file()
+    vae_ids = manifest["vae_train_ids"]
+    assert len(vae_ids) == 40 and vae_ids == datasets.digits_outside_ids(40, n_members=24, n_heldout=24)
+    assert not set(vae_ids) & (set(manifest["member_ids"]) | set(manifest["heldout_ids"]))
+    ids = manifest["member_ids"] + manifest["heldout_ids"]
+    assert manifest["captions"] == dict(zip(ids, datasets.digit_captions(ids)))
+    assert [p["step"] for p in manifest["learning_curve"]] == [10, 20]
+    assert all(0 <= p["auc_caption_t50"] <= 1 for p in manifest["learning_curve"])
+    # diffusers' own pipeline loads the folder offline and embeds prompts with its own tokenizer
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    assert pipe.tokenizer("a thin handwritten six").input_ids[1:-1] == [
+        pipe.tokenizer.get_vocab()[w + "</w>"] for w in ("a", "thin", "handwritten", "six")]
+    # the scaling whitens the latents of the autoencoder's own digits, not the members'
+    with torch.no_grad():
+        means = pipe.vae.encode(datasets.digits_by_ids(vae_ids, 8)).latent_dist.mean.to(torch.float64)
+    assert math.isclose(pipe.vae.config.scaling_factor, 1 / float(means.std()), rel_tol=1e-6)
+    assert manifest["fingerprint"] == load_model(out).fingerprint
+
+
 class Crash(Exception):
     pass
 
@@ -91,7 +129,8 @@ def crash_after_checkpoint(monkeypatch, phase, step):
     monkeypatch.setattr(training.Checkpoints, "save", save_then_crash)
 
 
-@pytest.mark.parametrize("config, crashes", [(pixel_config, ["unet"]), (latent_config, ["vae", "unet"])])
+@pytest.mark.parametrize("config, crashes", [(pixel_config, ["unet"]), (latent_config, ["vae", "unet"]),
+                                             (text_config, ["unet"])])
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, monkeypatch, config, crashes):
     whole = training.train(config(), tmp_path / "whole", progress=False)
     for phase in crashes:  # the latent run dies once in each phase
@@ -102,12 +141,15 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, m
         progress = json.loads((tmp_path / "resumed" / "checkpoint" / "progress.json").read_text())
         assert progress["phases"][phase]["step"] == 10
     resumed = training.train(config(), tmp_path / "resumed", progress=False)
-    for component in ("unet", "vae") if config is latent_config else ("unet",):
+    for component in ("unet", "vae") if config is not pixel_config else ("unet",):
         a, b = weights(whole, component), weights(resumed, component)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert load_model(whole).fingerprint == load_model(resumed).fingerprint
-    recorded = [json.loads((folder / "manifest.json").read_text())["training"] for folder in (whole, resumed)]
-    assert recorded[0] == recorded[1] and all(math.isfinite(v) for v in recorded[0].values())
+    recorded = [json.loads((folder / "manifest.json").read_text()) for folder in (whole, resumed)]
+    assert recorded[0]["training"] == recorded[1]["training"]
+    assert all(math.isfinite(v) for v in recorded[0]["training"].values())
+    # the text run's learning curve survives the crash: the resumed run records the same points
+    assert recorded[0].get("learning_curve") == recorded[1].get("learning_curve")
 
 
 def test_resume_false_starts_again_and_a_checkpoint_of_another_config_is_refused(tmp_path, monkeypatch):

@@ -664,9 +664,9 @@ def alphas_cumprod_from_scheduler(config: dict, path: Path) -> torch.Tensor:
     kind = str(config.get("_class_name", ""))
     if kind.startswith("FlowMatch"):
         raise ModelError(f"{path}: a {kind} is a flow-matching schedule; this tool audits DDPM-family (noise-prediction) models.")
-    for field, neutral in _SCHEDULE_CHANGING.items():
-        if field in config and config[field] != neutral:
-            raise ModelError(f"{path}: field {field!r} is {config[field]!r}; it changes the noise schedule in a way this "
+    for name, neutral in _SCHEDULE_CHANGING.items():
+        if name in config and config[name] != neutral:
+            raise ModelError(f"{path}: field {name!r} is {config[name]!r}; it changes the noise schedule in a way this "
                              f"tool does not model (only {neutral!r} is supported).")
     steps = check_scheduler_config(config, path)
     known = {"linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"}

@@ -37,7 +37,8 @@ else:
         member_files = st.file_uploader("Members (training images)", accept_multiple_files=True, key="audit_members", type=kinds)
     with right:
         nonmember_files = st.file_uploader("Non-members (never trained on)", accept_multiple_files=True, key="audit_nonmembers", type=kinds)
-    st.caption(f"Several files or zips per side; at most {uploads.MAX_UPLOAD_FILES:,} images each. Both sides need at least 2 images.")
+    st.caption(f"Several files or zips per side; at most {uploads.MAX_UPLOAD_FILES:,} images each. Both sides need at least 2 images."
+               + (" A text-to-image model reads each image's caption from a NAME.txt beside it in the zip." if model.conditional else ""))
     signature = tuple((f.name, f.size) for f in (member_files or [])), tuple((f.name, f.size) for f in (nonmember_files or []))
     stored = st.session_state.get(widgets.UPLOADED_SET)
     if stored is not None and stored["signature"] == signature and stored["spec"] == choices.spec:
@@ -54,7 +55,11 @@ else:
             widgets.show_load_problems(nonmembers, "non-member files")
             members.raise_if_empty()
             nonmembers.raise_if_empty()
-            data = sets.labelled_set(members.images, members.ids, nonmembers.images, nonmembers.ids, "your uploaded sets")
+            data = sets.labelled_set(
+                members.images, members.ids, nonmembers.images, nonmembers.ids, "your uploaded sets",
+                member_captions=uploads.all_or_none(uploads.captions_of_uploads(member_files, members.ids)),
+                nonmember_captions=uploads.all_or_none(uploads.captions_of_uploads(nonmember_files, nonmembers.ids)),
+            )
         st.session_state[widgets.UPLOADED_SET] = {"signature": signature, "spec": choices.spec, "data": data}
 
 if data is None:
@@ -62,6 +67,7 @@ if data is None:
     st.stop()
 
 with widgets.user_errors():
+    widgets.time_estimate(choices, len(data), key="audit_estimate", what=f"{len(data):,} images")
     result = state.audit(choices, data)
 
 # ----------------------------------------------------------------------------- headline

@@ -20,6 +20,12 @@ P_VALUE_HELP = (
     "small means few images the model never saw score like this one."
 )
 
+
+def split_caption(split, side: str, k: int) -> str | None:
+    """The caption the model was trained with (or held out with), from the model's manifest."""
+    captions = split.member_captions if side == "member" else split.nonmember_captions
+    return None if captions is None else captions[k]
+
 st.title("Check an image")
 welcome.show()
 choices = widgets.require_choices()
@@ -112,6 +118,8 @@ with widgets.user_errors():
 widgets.show_load_problems(loaded_uploads)
 
 split_images = [(split.members if side == "member" else split.nonmembers)[k] for side, k in from_split]
+known_captions = [None] * len(loaded_examples.ids) + uploads.captions_of_uploads(uploaded or [], loaded_uploads.ids) + [
+    split_caption(split, side, k) for side, k in from_split]
 split_ids = [f"{(split.member_ids if side == 'member' else split.nonmember_ids)[k]} ({side})" for side, k in from_split]
 images = torch.cat([loaded_examples.images, loaded_uploads.images, *(im.unsqueeze(0) for im in split_images)])
 names = loaded_examples.ids + loaded_uploads.ids + split_ids
@@ -122,12 +130,16 @@ if not names:
 if len(names) > uploads.MAX_CHECK_IMAGES:
     st.warning(f"{len(names)} images given; the first {uploads.MAX_CHECK_IMAGES} are scored.")
     images, names, notes = images[: uploads.MAX_CHECK_IMAGES], names[: uploads.MAX_CHECK_IMAGES], notes[: uploads.MAX_CHECK_IMAGES]
+    known_captions = known_captions[: uploads.MAX_CHECK_IMAGES]
 digests = row_digests(images)
+captions = widgets.caption_editor(model, choices, names, known_captions, key="check_captions") if model.conditional else None
 
 # ----------------------------------------------------------------------------- reference
 reference, result = None, None
 with widgets.user_errors():
     if split is not None:
+        widgets.time_estimate(choices, len(split) + len(names), key="check_estimate",
+                              what="scoring the model's own split as the reference and your images")
         result = _reference_audit()
         reference = verdicts.reference_from_audit(result, split)
     else:
@@ -143,8 +155,9 @@ with widgets.user_errors():
             ref_loaded = uploads.load_uploads(ref_files, model.image_shape)
             widgets.show_load_problems(ref_loaded)
             ref_loaded.raise_if_empty()
-            reference = verdicts.reference_from_images(choices, ref_loaded.images)
-    stats = state.image_statistics(choices, images)
+            ref_captions = uploads.all_or_none(uploads.captions_of_uploads(ref_files, ref_loaded.ids))
+            reference = verdicts.reference_from_images(choices, ref_loaded.images, ref_captions)
+    stats = state.image_statistics(choices, images, captions)
 
 # ----------------------------------------------------------------------------- controls
 grid = list(choices.grid)
@@ -184,12 +197,17 @@ for i, name in enumerate(names):
     results.append((verdict, truth, domains[i]))
 
 
+
 def _word(verdict, domain) -> str:
     return CANNOT_JUDGE if domain is not None and not domain.judgeable else verdict.words
 
 
 statistic_column = f"{label} at t={t}"
-table = pd.DataFrame({"image": names, statistic_column: [float(stats[i, column]) for i in range(len(names))]})
+table = pd.DataFrame({
+    "image": names,
+    **({"caption": captions} if captions is not None else {}),
+    statistic_column: [float(stats[i, column]) for i in range(len(names))],
+})
 if reference:
     table["p-value"] = [reading.format_p(v.p_value) for v, _, _ in results]
     if fdr_on:
@@ -230,6 +248,8 @@ for i, name in enumerate(names):
             st.image(widgets.thumbnail(images[i], 160), caption="as the model sees it", width="stretch")
             for note in notes[i]:
                 st.caption(note)
+            if captions is not None:
+                st.caption(f"Conditioned on “{captions[i]}”")
         with answer:
             st.metric(label, f"{stats[i, column]:.4g}", help=f"At t = {t}. {reading.attack_summary(choices.attack, t)}.")
             if verdict is None:

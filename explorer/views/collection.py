@@ -22,6 +22,9 @@ st.markdown(
 choices = widgets.require_choices()
 model = state.get_model(choices.spec, choices.device)
 split, no_split = state.split_or_reason(choices)
+if model.conditional:
+    st.info("This page does not read captions yet: it scores a conditional model's images, and its reference, "
+            "with the empty prompt, whatever the sidebar's condition.")
 
 
 def _try_members() -> None:

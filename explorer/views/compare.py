@@ -8,7 +8,7 @@ from dataclasses import replace
 import streamlit as st
 
 from core import metrics
-from core.attacks import ATTACK_NAMES, get_attack
+from core.attacks import ATTACK_NAMES, CONDITIONAL_ATTACK_NAMES, get_attack
 from core.errors import SimaError
 from explorer import charts, reading, sets, state, widgets
 from explorer.progress import RunStopped
@@ -26,7 +26,8 @@ st.markdown(
 )
 choices = widgets.require_choices()
 data = widgets.labelled_data(choices, key="compare_data")
-names = list(ATTACK_NAMES)
+# The text-to-image baselines compare each image's caption with the empty prompt.
+names = list(ATTACK_NAMES) + (list(CONDITIONAL_ATTACK_NAMES) if choices.condition == "caption" else [])
 grid = list(choices.grid)
 one_query = [n for n in names if get_attack(n).uses_timestep and all(get_attack(n).queries_per_sample(t) == 1 for t in grid)]
 # Widgets forget their values when another page is shown; the choices are kept beside them.

@@ -19,6 +19,9 @@ st.markdown(
 choices = widgets.require_choices()
 model = state.get_model(choices.spec, choices.device)
 split, no_split = state.split_or_reason(choices)
+if model.conditional:
+    st.caption("For a conditional model, x̂₀ here is its estimate with the empty prompt (no caption); the local "
+               "mean needs no model and no caption.")
 
 FROM_CHECK, MEMBER, HELDOUT, EXAMPLE, UPLOAD = (
     "Sent from Check an image", "A training member", "A held-out image", "A bundled example", "Upload an image",
