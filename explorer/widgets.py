@@ -381,12 +381,14 @@ def caption_editor(model, choices: Choices, names: Sequence[str], known: Sequenc
 LONG_RUN_S = 60.0
 
 
-def time_estimate(choices: Choices, n_images: int, *, key: str, what: str, attack: str | None = None) -> None:
-    """Say how long scoring ``n_images`` will take here, from one timed batch of this model;
-    stop the page until the user starts a run longer than :data:`LONG_RUN_S`."""
+def time_estimate(choices: Choices, data: LabelledSet, *, key: str, what: str, attack: str | None = None,
+                  extra_images: int = 0) -> None:
+    """Say how long scoring ``data`` (and ``extra_images`` more) will take here, from one timed
+    batch of this model; stop the page until the user starts a run longer than :data:`LONG_RUN_S`."""
     name = attack or choices.attack
+    n_images = len(data) + extra_images
     evaluations = n_images * get_attack(name).queries_for_grid(list(choices.grid))
-    seconds = evaluations / state.forward_rate(choices)
+    seconds = state.estimate_seconds(choices, name, data) * n_images / max(1, len(data))
     text = f"{seconds / 60:.0f} min" if seconds > 90 else f"{max(seconds, 1):.0f} s"
     note = (f"At most about {text} for {what} on this machine ({evaluations:,} model evaluations, timed on one batch; "
             "results already in the score cache are not recomputed).")

@@ -67,7 +67,7 @@ if data is None:
     st.stop()
 
 with widgets.user_errors():
-    widgets.time_estimate(choices, len(data), key="audit_estimate", what=f"{len(data):,} images")
+    widgets.time_estimate(choices, data, key="audit_estimate", what=f"{len(data):,} images")
     result = state.audit(choices, data)
 
 # ----------------------------------------------------------------------------- headline

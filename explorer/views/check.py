@@ -138,7 +138,7 @@ captions = widgets.caption_editor(model, choices, names, known_captions, key="ch
 reference, result = None, None
 with widgets.user_errors():
     if split is not None:
-        widgets.time_estimate(choices, len(split) + len(names), key="check_estimate",
+        widgets.time_estimate(choices, split, extra_images=len(names), key="check_estimate",
                               what="scoring the model's own split as the reference and your images")
         result = _reference_audit()
         reference = verdicts.reference_from_audit(result, split)
