@@ -172,7 +172,7 @@ def images_needed(per_image_auc: float | None, alpha: float, *, m: int | None = 
     n = z^2 (m + 1) / (12 m d^2 - z^2) with d = AUC - 0.5, or z^2 / (12 d^2) for m large.
     None when no collection size suffices (AUC at or below 0.5, or a reference too small).
     """
-    alpha = _fraction(alpha, "alpha")
+    alpha = metrics.check_fraction(alpha, "alpha", one_allowed=False)
     if per_image_auc is None or not per_image_auc > 0.5:
         return None
     normal = NormalDist()
@@ -184,12 +184,6 @@ def images_needed(per_image_auc: float | None, alpha: float, *, m: int | None = 
     if denominator <= 0:
         return None
     return max(1, math.ceil(z * z * (m + 1) / denominator))
-
-
-def _fraction(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not 0.0 < float(value) < 1.0:
-        raise SimaError(f"{name} must be a number between 0 and 1 (e.g. 0.01), got {value!r}.")
-    return float(value)
 
 
 # --------------------------------------------------------------------------- the test
@@ -274,7 +268,7 @@ def collection_test(
     only the p-value). ``per_image_auc`` is the attack's AUC on single images of this model
     at this t, from an audit of other images; it feeds the power statement.
     """
-    alpha = _fraction(alpha, "alpha")
+    alpha = metrics.check_fraction(alpha, "alpha", one_allowed=False)
     q = _scores(query_scores, "collection")
     r = _scores(reference_scores, "reference")
     n, m = q.size, r.size

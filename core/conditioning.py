@@ -341,9 +341,9 @@ def _sized(name: str, stem: str, data: bytes) -> Iterable[tuple[str, str, bytes]
 
 
 def _zip_sidecars(name: str, data: bytes) -> Iterable[tuple[str, str, bytes]]:
-    from core.data import _open_zip, MAX_ARCHIVE_BYTES
+    from core.data import MAX_ARCHIVE_BYTES, open_zip
 
-    zf = _open_zip(name, io.BytesIO(data), MAX_ARCHIVE_BYTES)
+    zf = open_zip(name, io.BytesIO(data), MAX_ARCHIVE_BYTES)
     with zf:
         for info in sorted(zf.infolist(), key=lambda i: i.filename):
             member = PurePosixPath(info.filename)

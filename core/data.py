@@ -255,7 +255,7 @@ def _wanted(member: str) -> bool:
     return not hidden and PurePosixPath(member).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _open_zip(name: str, archive: Any, max_bytes: int) -> zipfile.ZipFile:
+def open_zip(name: str, archive: Any, max_bytes: int) -> zipfile.ZipFile:
     """Open a zip and refuse it when it would unpack to too much (sizes from its directory)."""
     try:
         zf = zipfile.ZipFile(archive)
@@ -276,7 +276,7 @@ def _open_zip(name: str, archive: Any, max_bytes: int) -> zipfile.ZipFile:
 def _zip_items(
     name: str, archive: Any, stack: contextlib.ExitStack, max_bytes: int
 ) -> list[_Item]:
-    zf = stack.enter_context(_open_zip(name, archive, max_bytes))
+    zf = stack.enter_context(open_zip(name, archive, max_bytes))
     members = sorted(
         (info for info in zf.infolist() if not info.is_dir() and _wanted(info.filename)),
         key=lambda info: info.filename,
@@ -349,7 +349,7 @@ def _read_npz(name: str, source: Any, max_bytes: int) -> np.ndarray:
     """The array named "x", else the first, from an .npz (or .npy) without unpickling."""
     data = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     if zipfile.is_zipfile(data):
-        _open_zip(name, data, max_bytes).close()
+        open_zip(name, data, max_bytes).close()
     if hasattr(data, "seek"):
         data.seek(0)
     try:

@@ -117,12 +117,14 @@ def _validate(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     return s, y
 
 
-def _check_fraction(value: float, name: str) -> float:
+def check_fraction(value: float, name: str, *, one_allowed: bool = True) -> float:
+    """``value`` as a float in (0, 1] (or (0, 1) without ``one_allowed``), else a SimaError naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise SimaError(f"{name} must be a number between 0 and 1, got {value!r}.")
     value = float(value)
-    if not 0.0 < value <= 1.0:
-        raise SimaError(f"{name} must be above 0 and at most 1, got {value}.")
+    if not (0.0 < value <= 1.0 if one_allowed else 0.0 < value < 1.0):
+        bound = "at most 1" if one_allowed else "below 1"
+        raise SimaError(f"{name} must be above 0 and {bound} (e.g. 0.01), got {value}.")
     return value
 
 
@@ -199,7 +201,7 @@ def _not_measurable_reason(n_nonmembers: int, target_fpr: float) -> str | None:
 
 def tpr_at_fpr(labels: Any, scores: Any, target_fpr: float) -> TprAtFpr:
     """Highest TPR with realised FPR <= ``target_fpr``, with that FPR and its threshold."""
-    target_fpr = _check_fraction(target_fpr, "target_fpr")
+    target_fpr = check_fraction(target_fpr, "target_fpr")
     s, y = _validate(scores, labels)
     reason = _not_measurable_reason(int((~y).sum()), target_fpr)
     if reason is not None:
@@ -405,7 +407,7 @@ def evaluate(
         raise SimaError(f"n_bootstrap must be a whole number, 0 or more, got {n_bootstrap!r}.")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SimaError(f"seed must be a whole number, 0 or more, got {seed!r}.")
-    confidence = _check_fraction(confidence, "confidence")
+    confidence = check_fraction(confidence, "confidence")
     if confidence == 1.0:
         raise SimaError("confidence must be below 1 (e.g. 0.95).")
     s, y = _validate(membership_scores, labels)
@@ -495,7 +497,7 @@ def threshold_at_fpr(reference_scores: Any, fpr: float) -> float:
     serve (ties at the top), the threshold is the smallest float above them all. An ``fpr``
     below 1 / n_reference cannot be certified by the reference and raises DataError.
     """
-    fpr = _check_fraction(fpr, "fpr")
+    fpr = check_fraction(fpr, "fpr")
     ref = _reference(reference_scores)
     n = ref.size
     if 1.0 / n > fpr:
@@ -531,7 +533,7 @@ def verdict(score: float, reference_scores: Any, alpha: float) -> Verdict:
     With n reference scores the smallest p-value is 1 / (n + 1); an alpha below it cannot be
     met, and the verdict says so instead of flagging.
     """
-    alpha = _check_fraction(alpha, "alpha")
+    alpha = check_fraction(alpha, "alpha")
     score = float(_finite_scores([score], "score")[0])
     ref = _reference(reference_scores)
     n = ref.size
@@ -694,7 +696,7 @@ def compare(
         raise SimaError(f"A comparison needs at least 1 bootstrap resample, got {n_bootstrap!r}.")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SimaError(f"seed must be a whole number, 0 or more, got {seed!r}.")
-    confidence = _check_fraction(confidence, "confidence")
+    confidence = check_fraction(confidence, "confidence")
     if confidence == 1.0:
         raise SimaError("confidence must be below 1 (e.g. 0.95).")
     a, y = _validate(scores_a, labels)

@@ -107,7 +107,7 @@ def image_verdicts(
     plain = [metrics.verdict(float(s), ref[keep], alpha) for s, keep in zip(scores, keeps)]
     if fdr is None:
         return [ImageVerdict(v.p_value, _words(v), v.sentence, v.n_reference, not keep.all()) for v, keep in zip(plain, keeps)]
-    fdr = _fdr(fdr)
+    fdr = metrics.check_fraction(fdr, "The false discovery rate", one_allowed=False)
     adjusted = benjamini_hochberg([v.p_value for v in plain])
     out = []
     for v, keep, adj in zip(plain, keeps, adjusted):
@@ -128,12 +128,6 @@ def image_verdicts(
                         "image was not used in training.")
         out.append(ImageVerdict(v.p_value, words, sentence, n, not keep.all(), float(adj)))
     return out
-
-
-def _fdr(value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not 0 < float(value) < 1:
-        raise SimaError(f"The false discovery rate must be a number between 0 and 1 (e.g. 0.1), got {value!r}.")
-    return float(value)
 
 
 # ----------------------------------------------------------------------------- calibration

@@ -47,6 +47,13 @@ def noised(model: DiffusionModel, x0: torch.Tensor, t: torch.Tensor, noise: torc
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
+def norm_order(p: float) -> float:
+    """The order p of an attack's norm ||v||_p^p, which must be positive."""
+    if not p > 0:
+        raise SimaError(f"The norm order p must be positive, got {p}.")
+    return p
+
+
 def _check_samples(x0: torch.Tensor) -> None:
     if x0.dim() != 4 or x0.shape[0] == 0:
         raise DataError("Give a non-empty batch of samples shaped (N, C, H, W).")

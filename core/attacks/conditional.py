@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from core.attacks.base import Attack, noised
+from core.attacks.base import Attack, noised, norm_order
 from core.conditioning import EMPTY_KEY, Conditioning
 from core.errors import SimaError
 
@@ -47,9 +47,7 @@ class ConditioningGap(Attack):
     needs_condition = True
 
     def __init__(self, p: float = 4):
-        if not p > 0:
-            raise SimaError(f"The norm order p must be positive, got {p}.")
-        self.p = p
+        self.p = norm_order(p)
 
     def queries_per_sample(self, t: int) -> int:
         return 2

@@ -23,9 +23,8 @@ import math
 
 import torch
 
-from core.attacks.base import Attack, noised
+from core.attacks.base import Attack, noised, norm_order
 from core.conditioning import Conditioning
-from core.errors import SimaError
 from core.models.base import DiffusionModel
 
 
@@ -41,9 +40,7 @@ class PIA(Attack):
     rescale_eps0 = False
 
     def __init__(self, p: float = 4):
-        if not p > 0:
-            raise SimaError(f"The norm order p must be positive, got {p}.")
-        self.p = p
+        self.p = norm_order(p)
 
     def queries_per_sample(self, t: int) -> int:
         return 2

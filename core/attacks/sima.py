@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from core.attacks.base import Attack, noised
+from core.attacks.base import Attack, noised, norm_order
 from core.conditioning import repeat
 from core.errors import SimaError
 
 REDUCTIONS = ("mean_norm", "norm_of_mean")
-
-
-def _check_p(p: float) -> None:
-    if not p > 0:
-        raise SimaError(f"The norm order p must be positive, got {p}.")
 
 
 class SimA(Attack):
@@ -30,8 +25,7 @@ class SimA(Attack):
     member_when = "lower"
 
     def __init__(self, p: float = 4):
-        _check_p(p)
-        self.p = p
+        self.p = norm_order(p)
 
     def queries_per_sample(self, t: int) -> int:
         return 1
@@ -60,10 +54,9 @@ class SimAMC(Attack):
             raise SimaError(f"k (the number of noise draws) must be a positive whole number, got {k}.")
         if reduce not in REDUCTIONS:
             raise SimaError(f"reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}.")
-        _check_p(p)
         self.k = int(k)
         self.reduce = reduce
-        self.p = p
+        self.p = norm_order(p)
 
     @property
     def noise_draws(self) -> int:  # type: ignore[override]
