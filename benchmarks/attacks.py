@@ -12,6 +12,11 @@ bootstrap CIs on the report half (docs/methods.md, section 5). Beside them: the 
 per sample at that t, and the wall time per 1,000 images, both for the whole timestep sweep
 and for one pass at the chosen t alone (measured on up to 256 images and scaled).
 
+A text-to-image demo (digits-sd-captioned) is audited in caption mode, as ``sima audit
+--members demo`` audits it: every image conditioned on its own caption from the demo's
+manifest (``core.datasets.demo_captions``); by default it also runs the conditional attacks
+(gap, clid), which compare each caption with the empty prompt.
+
 The CIFAR-10 model: 1,000 members and 1,000 held-out images drawn with a fixed seed from
 ../shared/data/cifar10/cifar10_train_12k.npz (never copied into the project), a compact DDPM
 the training loop of core.train (``fit_ddpm``), and the trained model cached under
@@ -45,7 +50,7 @@ import torch
 from common import DOC, RESULTS, ROOT, machine, replace_marked_block, replace_section
 
 from core import demo_names, load_model  # noqa: E402
-from core.attacks import ATTACK_NAMES, parse_attacks  # noqa: E402
+from core.attacks import ALL_ATTACK_NAMES, ATTACK_NAMES, CONDITIONAL_ATTACK_NAMES, parse_attacks  # noqa: E402
 from core.audit import DEFAULT_TIMESTEPS, encode_batched, image_statistics, parse_timesteps, run_audit, split_halves  # noqa: E402
 from core.hashing import row_digests  # noqa: E402
 from core.metrics import auc as point_auc, compare, membership_scores  # noqa: E402
@@ -197,30 +202,51 @@ def cifar_model(args) -> tuple:
 # -------------------------------------------------------------------------- the audits
 
 
-def seconds_per_1000_at(model, attack, images: torch.Tensor, t: int, seed: int, batch_size: int | None) -> float:
-    """Wall time of one pass of ``attack`` at t over (up to TIMING_IMAGES) images, per 1,000 images."""
+def seconds_per_1000_at(model, attack, images: torch.Tensor, t: int, seed: int, batch_size: int | None,
+                        cond: list[str] | None = None) -> float:
+    """Wall time of one pass of ``attack`` at t over (up to TIMING_IMAGES) images, per 1,000 images
+    (``cond``: each image's caption, for a text-to-image model audited in caption mode)."""
     sample = images[:TIMING_IMAGES]
     keys = row_digests(sample)
     encoded = encode_batched(model, sample)
     start = time.perf_counter()
-    attack.sweep(model, encoded, [t], seed=seed, keys=keys, batch_size=batch_size)
+    attack.sweep(model, encoded, [t], seed=seed, keys=keys, batch_size=batch_size,
+                 cond=None if cond is None else cond[:TIMING_IMAGES])
     return (time.perf_counter() - start) / len(sample) * 1000
 
 
-def audit_model(model, members, member_ids, heldout, heldout_ids, args, grid: list[int]) -> Iterator[tuple[dict, dict]]:
-    """One result row per attack, with its report-half scores (see store_scores), yielded as each finishes."""
+def attacks_for(model, names: str | None) -> list:
+    """The attacks asked for; by default every general attack, and on a conditional model also
+    the conditional ones (which compare the caption with the empty prompt)."""
+    if names is None:
+        conditional = getattr(model, "conditional", False)
+        names = ",".join(ATTACK_NAMES + (CONDITIONAL_ATTACK_NAMES if conditional else ()))
+    return parse_attacks(names)
+
+
+def audit_model(model, members, member_ids, heldout, heldout_ids, args, grid: list[int],
+                captions=None) -> Iterator[tuple[dict, dict]]:
+    """One result row per attack, with its report-half scores (see store_scores), yielded as each finishes.
+
+    ``captions`` (a CaptionTable by id, from ``core.datasets.demo_captions``) audits a text-to-image
+    model in caption mode: each image conditioned on its own caption, as ``sima audit --members demo``
+    does; None leaves a conditional model on the empty prompt.
+    """
     n_images = len(members) + len(heldout)
-    for attack in parse_attacks(args.attacks):
+    member_cond = None if captions is None else captions.for_ids(member_ids)
+    heldout_cond = None if captions is None else captions.for_ids(heldout_ids)
+    for attack in attacks_for(model, args.attacks):
         print(f"  {attack.describe()} ...", flush=True)
         result = run_audit(model, members, heldout, attack=attack, timesteps=grid, seed=args.seed,
                            member_ids=member_ids, nonmember_ids=heldout_ids, batch_size=args.batch_size,
-                           n_bootstrap=args.bootstrap)
+                           n_bootstrap=args.bootstrap, member_cond=member_cond, nonmember_cond=heldout_cond)
         m = result.metrics.to_dict()
         t = result.chosen_t
         row = {
             "attack": attack.name,
             "attack_params": result.attack_params,
             "member_when": attack.member_when,
+            "condition": result.extra.get("condition"),
             "uses_timestep": attack.uses_timestep,
             "chosen_t": t if attack.uses_timestep else None,
             "auc": m["auc"],
@@ -232,8 +258,9 @@ def audit_model(model, members, member_ids, heldout, heldout_ids, args, grid: li
             "queries_per_sample_grid": attack.queries_for_grid(grid),
             "sweep_wall_s": result.wall_time_s,
             "sweep_s_per_1000_images": result.wall_time_s / n_images * 1000,
-            "s_per_1000_images_at_t": seconds_per_1000_at(model, attack, torch.cat([members, heldout]), t, args.seed,
-                                                          args.batch_size),
+            "s_per_1000_images_at_t": seconds_per_1000_at(
+                model, attack, torch.cat([members, heldout]), t, args.seed, args.batch_size,
+                None if captions is None else member_cond + heldout_cond),
             "per_t": result.per_t,
             "torch_threads": torch.get_num_threads(),
             "load_average_1min": machine()["load_average_1min"],
@@ -262,7 +289,7 @@ DISPLAY = {"sima": "SimA", "pia": "PIA", "secmi": "SecMI", "loss": "Loss", "pfam
 
 PAIRS = [("sima", "pia"), ("sima", "secmi")] + [(hi, lo) for hi in ("sima", "pia", "secmi") for lo in ("loss", "pfami")]
 #: Every pair a paired test is run on: the published ordering's, and SimA against each other attack.
-COMPARED = PAIRS + [("sima", a) for a in ATTACK_NAMES if a != "sima" and ("sima", a) not in PAIRS]
+COMPARED = PAIRS + [("sima", a) for a in ALL_ATTACK_NAMES if a != "sima" and ("sima", a) not in PAIRS]
 
 
 def _ordering(rows: list[dict], comparisons: list[dict] | None) -> tuple[list[str], list[str], list[str], list[str]]:
@@ -298,7 +325,8 @@ def _ordering(rows: list[dict], comparisons: list[dict] | None) -> tuple[list[st
 
 def _point_only(rows: list[dict], comparisons: list[dict] | None) -> bool:
     """True for one of our models run before per-sample scores were stored: no pair can be tested."""
-    return comparisons is not None and not comparisons
+    run = {r["attack"] for r in rows}
+    return comparisons is not None and not comparisons and any(a in run and b in run for a, b in COMPARED)
 
 
 def ordering_note(rows: list[dict], comparisons: list[dict] | None = None) -> str:
@@ -459,7 +487,8 @@ def headline(payload: dict) -> str:
     for name, entry in payload["models"].items():
         rows = {r["attack"]: r for r in entry["attacks"]}
         verdict = ordering_short(entry["attacks"], entry.get("comparisons") or [])
-        lines.append(f"| {name} (ours) | " + " | ".join(cell(rows, a) for a in DISPLAY) + f" | {verdict} |")
+        mode = ", caption mode" if entry.get("condition") else ""
+        lines.append(f"| {name} (ours{mode}) | " + " | ".join(cell(rows, a) for a in DISPLAY) + f" | {verdict} |")
     for name, row in PUBLISHED.items():
         # the paper's own rows go through the same check: the ordering is not universal there either
         verdict = ordering_short([{"attack": a, "auc": {"value": row[a][0]}} for a in DISPLAY])
@@ -492,6 +521,10 @@ def markdown(payload: dict) -> str:
                   f"{entry['n_members']} members, {entry['n_heldout']} held-out; timesteps {grid[0]}..{grid[-1]} "
                   f"({len(grid)} values). Measured {entry['date']} with {entry['machine']['torch_threads']} torch "
                   f"thread(s), 1-minute load {entry['machine']['load_average_1min']} at the start.", ""]
+        if entry.get("condition"):
+            lines += [f"Text-to-image model, audited in caption mode ({entry['condition']}): every attack conditions "
+                      "members and held-out images alike on their captions; gap and clid compare each caption with "
+                      "the empty prompt.", ""]
         if entry.get("training"):
             tr = entry["training"]
             lines += [f"Trained here: {tr['parameters']:,} parameters, {tr['steps']} steps of batch {tr['batch_size']} "
@@ -535,7 +568,9 @@ def parse_args(argv=None):
                    help="store the report-half scores of rows run before they were kept (each attack at its recorded "
                         "t only, checked against the row's AUC), then redo the paired comparisons and the reports")
     p.add_argument("--models", default=None, help="comma-separated demo names (default: every bundled demo)")
-    p.add_argument("--attacks", default=",".join(ATTACK_NAMES), help="comma-separated attack names")
+    p.add_argument("--attacks", default=None,
+                   help="comma-separated attack names (default: every general attack, plus the conditional ones "
+                        "on a conditional model)")
     p.add_argument("--timesteps", default=None, help="grid for the demos, e.g. 0:200:10 (default: the audit's)")
     p.add_argument("--cifar-timesteps", default="20:140:40", help="grid for CIFAR-10 (coarse: SecMI's cost grows with t)")
     p.add_argument("--cifar-steps", type=int, default=1500)
@@ -587,21 +622,22 @@ def main(argv=None) -> int:
     if not jobs:
         raise SystemExit("Nothing to run: no bundled demo models are installed and --cifar was not given.")
     for name, load, grid in jobs:
-        model, members, mids, heldout, hids, description, training = load()
+        model, members, mids, heldout, hids, description, training, captions = load()
         print(f"{name}: {len(members)} members, {len(heldout)} held-out, {len(grid)} timesteps", flush=True)
         entry = {"description": description, "fingerprint": model.fingerprint, "timesteps": grid,
                  "n_members": len(members), "n_heldout": len(heldout), "training": training,
+                 "condition": None if captions is None else f"caption: each image's own, from {captions.source}",
                  "date": run_info["date"], "machine": run_info["machine"]}
-        for row, sample in audit_model(model, members, mids, heldout, hids, args, grid):
+        for row, sample in audit_model(model, members, mids, heldout, hids, args, grid, captions):
             store_scores(scores_path(args.quick), name, model.fingerprint, row["attack"], sample)
             payload = load_results()
             # Rows already there for the same model, data and grid are kept (an earlier run, or another
             # process auditing other attacks now), so attacks can be added a run at a time.
             before = payload["models"].get(name, {})
-            same = all(before.get(k) == entry[k] for k in ("fingerprint", "timesteps", "n_members", "n_heldout"))
+            same = all(before.get(k) == entry[k] for k in ("fingerprint", "timesteps", "n_members", "n_heldout", "condition"))
             rows = {r["attack"]: r for r in before.get("attacks", [])} if same else {}
             rows[row["attack"]] = row
-            payload["models"][name] = {**entry, "attacks": [rows[a] for a in ATTACK_NAMES if a in rows]}
+            payload["models"][name] = {**entry, "attacks": [rows[a] for a in ALL_ATTACK_NAMES if a in rows]}
             RESULTS.mkdir(parents=True, exist_ok=True)
             _write_json(payload, out_file)
     finish(load_results(), out_file, args)
@@ -638,7 +674,7 @@ def backfill_scores(payload: dict, args, n_quick: int | None) -> None:
         if name not in demo_names():
             print(f"{name}: not a bundled demo, its scores can only come from a new run (skipped)", flush=True)
             continue
-        model, members, mids, heldout, hids, _, _ = _demo(name, args, n_quick)
+        model, members, mids, heldout, hids, _, _, captions = _demo(name, args, n_quick)
         if model.fingerprint != entry["fingerprint"] or (len(members), len(heldout)) != (entry["n_members"], entry["n_heldout"]):
             print(f"{name}: the model or its split changed since the rows were measured (skipped)", flush=True)
             continue
@@ -646,6 +682,7 @@ def backfill_scores(payload: dict, args, n_quick: int | None) -> None:
         images = torch.cat([members, heldout])[torch.from_numpy(report)]
         labels = np.r_[np.ones(len(members), dtype=np.int64), np.zeros(len(heldout), dtype=np.int64)][report]
         ids = np.asarray(mids + hids, dtype=str)[report]
+        cond = None if captions is None else [c for c, keep in zip(captions.for_ids(mids + hids), report) if keep]
         for row in todo:
             attack = parse_attacks(row["attack"])[0]
             t = row["chosen_t"] if attack.uses_timestep else entry["timesteps"][0]
@@ -653,7 +690,8 @@ def backfill_scores(payload: dict, args, n_quick: int | None) -> None:
             # whole grid, as the audit did: alone at t its arithmetic differs in the last bits.
             grid = entry["timesteps"] if attack.shares_work_across_t else [t]
             start = time.perf_counter()
-            stats = image_statistics(model, images, attack, grid, seed=args.seed, batch_size=args.batch_size)[:, grid.index(t)]
+            stats = image_statistics(model, images, attack, grid, seed=args.seed, batch_size=args.batch_size,
+                                     cond=cond)[:, grid.index(t)]
             scores = membership_scores(stats.numpy(), attack.member_when)
             got = point_auc(scores=scores, labels=labels)
             verdict = "stored" if _reproduces(scores, labels, row) else "NOT stored: the row's AUC is not reproduced"
@@ -672,21 +710,22 @@ def write_reports(payload: dict, quick: bool) -> None:
 
 
 def _demo(name: str, args, n: int | None):
-    from core.datasets import demo_sets
+    from core.datasets import demo_captions, demo_sets
 
     model = load_model(name, device=args.device)
     members, mids, heldout, hids = demo_sets(model)
     members, mids = subsample(members, mids, n, args.seed)
     heldout, hids = subsample(heldout, hids, n, args.seed + 1)
     description = (model.manifest or {}).get("demo") or model.info().describe()
-    return model, members, mids, heldout, hids, description, None
+    # A captioned demo is audited in caption mode, with the captions its manifest records.
+    return model, members, mids, heldout, hids, description, None, demo_captions(model)
 
 
 def _cifar(args):
     model, members, mids, heldout, hids, training = cifar_model(args)
     description = (f"Pixel DDPM at 32x32 trained by this benchmark on {CIFAR_MEMBERS} CIFAR-10 images "
                    f"(JPEG-decoded subset, see ../shared/data/cifar10/SOURCE.md).")
-    return model, members, mids, heldout, hids, description, training
+    return model, members, mids, heldout, hids, description, training, None
 
 
 if __name__ == "__main__":

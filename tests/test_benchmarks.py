@@ -92,6 +92,20 @@ def test_a_tiny_run_writes_every_attack_row_and_its_costs(bench, tmp_path, monke
     assert len(stored["digits-empirical|sima"]) == len(stored["digits-empirical|labels"]) == 100
 
 
+def test_the_captioned_demo_is_audited_on_its_own_captions(bench, tmp_path, monkeypatch):
+    doc = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench, "replace_section", functools.partial(bench.replace_section, path=doc))
+    argv = ["--quick", "--models", "digits-sd-captioned", "--attacks", "sima,gap", "--timesteps", "20:40:20",
+            "--bootstrap", "20"]
+    assert bench.main(argv) == 0
+    entry = json.loads((tmp_path / "attacks-quick.json").read_text())["models"]["digits-sd-captioned"]
+    # run_audit records "caption" only when both sets were given a condition, so this fails on the empty prompt
+    assert [(r["attack"], r["condition"]) for r in entry["attacks"]] == [("sima", "caption"), ("gap", "caption")]
+    assert entry["condition"].startswith("caption: each image's own")
+    assert "audited in caption mode" in doc.read_text()
+
+
 def test_the_committed_attack_tables_are_rendered_from_the_committed_results(bench):
     results = ROOT / "benchmarks" / "results" / "attacks.json"
     if not results.is_file():
