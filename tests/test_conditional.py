@@ -114,13 +114,19 @@ def test_sima_score_equals_the_pipelines_own_computation(folders, images, capsys
     np.testing.assert_allclose([r["statistic"] for r in records], direct.numpy(), rtol=RTOL)
 
 
-def test_sima_audit_samples_equal_the_pipelines_own_computation(folders, images, capsys, tmp_path):
-    folder, table = images
+def _member_folders(folder, tmp_path):
+    """a.png, b.png as members and c.png, d.png as non-members, each side in its own folder."""
     members, nonmembers = tmp_path / "members", tmp_path / "nonmembers"
     for sub, names in ((members, ["a.png", "b.png"]), (nonmembers, ["c.png", "d.png"])):
         sub.mkdir()
         for n in names:
             (sub / n).write_bytes((folder / n).read_bytes())
+    return members, nonmembers
+
+
+def test_sima_audit_samples_equal_the_pipelines_own_computation(folders, images, capsys, tmp_path):
+    folder, table = images
+    members, nonmembers = _member_folders(folder, tmp_path)
     _run(capsys, "audit", "--model", str(folders["sd2"]), "--members", str(members), "--nonmembers", str(nonmembers),
          "--captions", str(table), "--timesteps", "10,90", "--bootstrap", "0", "--out", str(tmp_path / "out"))
     with open(tmp_path / "out" / "samples.csv") as handle:
@@ -438,11 +444,7 @@ def test_a_dit_named_transformer2dmodel_loads_as_a_dit(folders, tmp_path):
 
 def test_one_audit_reports_caption_and_empty_conditions_in_the_card(folders, images, capsys, tmp_path):
     folder, table = images
-    members, nonmembers = tmp_path / "members", tmp_path / "nonmembers"
-    for sub, names in ((members, ["a.png", "b.png"]), (nonmembers, ["c.png", "d.png"])):
-        sub.mkdir()
-        for n in names:
-            (sub / n).write_bytes((folder / n).read_bytes())
+    members, nonmembers = _member_folders(folder, tmp_path)
     card = tmp_path / "README.md"
     results = _run(capsys, "audit", "--model", str(folders["sd1"]), "--members", str(members), "--nonmembers",
                    str(nonmembers), "--captions", str(table), "--condition", "caption,empty", "--attack", "sima,gap",
