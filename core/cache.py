@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -23,6 +24,11 @@ ENV_VAR = "SIMA_CACHE_DIR"
 FILE_NAME = "scores.sqlite"
 #: Stored in place of t for attacks that ignore the timestep (they average over their own grid).
 ANY_T = -1
+#: Switching a fresh file to WAL needs an exclusive lock, and SQLite answers "database is
+#: locked" at once (without waiting on its busy timeout) when another connection is doing the
+#: same; setup is therefore serialised within a process and retried across processes.
+_SETUP_LOCK = threading.Lock()
+_SETUP_PATIENCE_S = 30.0
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS scores (
     model TEXT NOT NULL, attack TEXT NOT NULL, sample TEXT NOT NULL, t INTEGER NOT NULL,
@@ -70,11 +76,8 @@ class ScoreCache:
         if conn is None:
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self.path, timeout=30)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute(_SCHEMA)
-                conn.commit()
+                with _SETUP_LOCK:
+                    conn = self._open()
             except (sqlite3.Error, OSError) as exc:
                 raise SimaError(
                     f"The score cache at {self.path} cannot be used ({exc}); set {ENV_VAR} to a writable "
@@ -82,6 +85,22 @@ class ScoreCache:
                 ) from None
             self._local.conn = conn
         return conn
+
+    def _open(self) -> sqlite3.Connection:
+        deadline = time.monotonic() + _SETUP_PATIENCE_S
+        while True:
+            conn = sqlite3.connect(self.path, timeout=_SETUP_PATIENCE_S)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(_SCHEMA)
+                conn.commit()
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def get(self, model: str, attack: str, samples: Sequence[str], steps: Sequence[int]) -> dict[tuple[str, int], float]:
         """Cached values for the requested samples at the requested timesteps."""

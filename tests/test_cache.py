@@ -111,6 +111,30 @@ def test_concurrent_sessions_get_what_each_would_get_alone(model, tmp_path):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
 
 
+def test_many_sessions_opening_a_new_cache_at_once_all_succeed(tmp_path):
+    """Opening a fresh file switches it to WAL, which SQLite refuses outright while another
+    connection does the same; before setup was serialised this failed about once in 200."""
+    errors = []
+    for trial in range(300):
+        cache = ScoreCache(tmp_path / str(trial))
+        start = threading.Barrier(12)
+
+        def work():
+            start.wait()
+            try:
+                cache.put("m", "a", [("s", 1, 0.5)])
+                assert cache.get("m", "a", ["s"], [1]) == {("s", 1): 0.5}
+            except Exception as exc:  # surfaced below; a thread would swallow it
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(12)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    assert not errors
+
+
 def test_batch_size_calibration_is_measured_once(model):
     rates = measure(model, candidates=(2, 4), repeats=1)
     assert set(rates) == {2, 4} and all(r > 0 for r in rates.values())
