@@ -20,7 +20,7 @@ audit on other images); choosing them on the collection would make the p-value m
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from statistics import NormalDist
 from typing import Any
@@ -210,9 +210,14 @@ class CollectionResult:
     per_image_auc: float | None = None
     calibration: str | None = None
     overlap: int = 0
+    #: The membership scores tested (higher = more member-like), for drawing; not in the JSON.
+    collection_scores: tuple[float, ...] = field(default=(), repr=False)
+    reference_scores: tuple[float, ...] = field(default=(), repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        del out["collection_scores"], out["reference_scores"]
+        return out
 
     def summary(self) -> str:
         ci = "" if self.ci_low is None else f" [{self.ci_low:.3f}, {self.ci_high:.3f}]"
@@ -303,6 +308,7 @@ def collection_test(
         n=n, m=m, t=t, attack=attack, p_value=p, auc=auc, ci_low=low, ci_high=high, verdict=verdict,
         sentence=sentence, images_needed=needed, power_sentence=power_sentence(per_image_auc, needed, alpha, m),
         alpha=alpha, method=used, per_image_auc=per_image_auc, calibration=calibration, overlap=overlap,
+        collection_scores=tuple(q.tolist()), reference_scores=tuple(r.tolist()),
     )
 
 

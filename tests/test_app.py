@@ -549,6 +549,8 @@ def test_the_collection_page_tests_uploaded_images_and_says_where_t_came_from(mo
     assert float(metrics["p-value"]) < 1e-3 and "Likely used in training" in texts(at.error)
     assert "model card's audit" in texts(at.caption) and "1 of your images is also in the reference" in texts(at.info)
     assert "images are needed" in texts(at.markdown)
+    bars = chart(at, "collection_histogram")["data"]
+    assert [int(array(b["y"]).sum()) for b in bars] == [7, 249]  # every collection image and every reference image drawn
 
 
 def test_the_collection_page_tries_the_models_own_members(monkeypatch):

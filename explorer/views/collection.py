@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from core.collection import VERDICT_WORDS
 from core.errors import SimaError
-from explorer import reading, state, uploads, verdicts, widgets
+from explorer import charts, reading, state, uploads, verdicts, widgets
 
 LIKELY, NOT_FLAGGED, CANNOT_DECIDE = VERDICT_WORDS
 ALPHAS = (0.001, 0.01, 0.05)
@@ -115,3 +116,10 @@ else:
 st.caption(result.sentence)
 st.markdown(f"**Images needed.** {result.power_sentence}")
 st.caption(f"AUC of the collection against the reference: {result.auc:.3f}{ci} (95% bootstrap CI).")
+widgets.plot(charts.histogram_figure(
+    np.asarray(result.collection_scores), np.asarray(result.reference_scores),
+    statistic="membership score (higher: more like a training image)", member_label="your collection",
+    nonmember_label="reference non-members"), key="collection_histogram")
+st.caption("The test asks whether the collection sits to the right of the reference as a whole; single images "
+           "of a model that generalises overlap the reference, and that is why a collection can say more than "
+           "any one of its images.")
