@@ -37,17 +37,25 @@ def results_table(results: Sequence) -> str:
     return "\n".join(rows)
 
 
-def comparison_lines(results: Sequence) -> list[str]:
-    """One sentence per pair: SimA (else the first attack) against each other attack, by a paired
-    bootstrap on the shared report half; a comparison needs bootstrap resamples."""
+NO_RESAMPLES = "No paired comparison of the attacks: it needs bootstrap resamples (--bootstrap 1 or more)."
+
+
+def comparisons(results: Sequence) -> list:
+    """SimA (else the first attack) against each other attack, by a paired bootstrap on the shared
+    report half (``metrics.Comparison``); none for one attack or without bootstrap resamples."""
     from core.audit import compare_results
 
-    if len(results) < 2:
+    if len(results) < 2 or results[0].n_bootstrap < 1:
         return []
-    if results[0].n_bootstrap < 1:
-        return ["No paired comparison of the attacks: it needs bootstrap resamples (--bootstrap 1 or more)."]
     first = next((r for r in results if r.attack == "sima"), results[0])
-    return [compare_results(first, r).sentence() for r in results if r is not first]
+    return [compare_results(first, r) for r in results if r is not first]
+
+
+def comparison_lines(results: Sequence) -> list[str]:
+    """One sentence per pair of :func:`comparisons`."""
+    if len(results) > 1 and results[0].n_bootstrap < 1:
+        return [NO_RESAMPLES]
+    return [c.sentence() for c in comparisons(results)]
 
 
 def audit_notes(results: Sequence) -> list[str]:

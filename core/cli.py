@@ -184,7 +184,7 @@ def _audit_on_ray(args, model, attacks, timesteps) -> list:
 def cmd_audit(args: argparse.Namespace) -> int:
     from core.attacks import parse_attacks
     from core.audit import parse_timesteps, run_audit
-    from core.cards import audit_notes, results_table, write_card
+    from core.cards import audit_notes, comparisons, results_table, write_card
 
     attacks = parse_attacks(args.attack)
     timesteps = parse_timesteps(args.timesteps)
@@ -218,7 +218,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
         write_card(Path(args.card), results, "sima " + " ".join(args.argv))
     if args.json:
         payload = [r.to_dict() for r in results]
-        print(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
+        if len(payload) > 1:
+            # several attacks: each audit, and every "A is stronger than B" decided by a paired bootstrap
+            payload = {"audits": payload, "comparisons": [c.to_dict() for c in comparisons(results)]}
+        print(json.dumps(payload[0] if isinstance(payload, list) else payload, indent=2))
         baseline = results[0].blind_baseline
         if baseline is not None and baseline.separable:
             _warn(baseline.warning())

@@ -145,3 +145,10 @@ def test_several_attacks_are_compared_pairwise_and_an_attack_that_ignores_t_show
     paired = [line for line in lines if "paired bootstrap over the same 4 members and 4 non-members" in line]
     assert len(paired) == 2 and all(re.match(r"(sima and \w+ are not distinguishable at 95%|sima > \w+|\w+ > sima) by AUC", p)
                                     for p in paired)
+    rc = main(["audit", "--model", str(tiny_model_dir), "--members", str(image_sets / "members.npz"),
+               "--nonmembers", str(image_sets / "nonmembers.npz"), "--timesteps", "10,30", "--attack", "secmi,pfami,sima",
+               "--batch-size", "64", "--bootstrap", "50", "--quiet", "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert [a["attack"] for a in payload["audits"]] == ["secmi", "pfami", "sima"]
+    assert [(c["a"], c["b"]) for c in payload["comparisons"]] == [("sima", "secmi"), ("sima", "pfami")]
+    assert all(c["n_members"] == 4 and c["verdict"] for c in payload["comparisons"])
