@@ -21,13 +21,16 @@ Config keys (missing ones take :data:`DEFAULTS`; an unknown key is an error):
 - ``train``: the DDPM phase: ``steps``, ``batch_size``, ``lr``, ``weight_decay``,
   ``warmup_steps``, ``schedule`` ("cosine" decay to 0 or "constant"), ``grad_clip``,
   ``checkpoint_every``.
-- ``vae`` / ``vae_train`` (latent only): AutoencoderKL fields; the VAE phase as ``train`` plus
-  ``beta``, the KL weight. Loss per image: the squared error summed over pixels + beta * KL.
+- ``vae`` / ``vae_train`` (latent and text): AutoencoderKL fields; the VAE phase as ``train`` plus
+  ``beta`` (the KL weight), ``images`` (how many digits that are neither members nor held out
+  train the autoencoder, so it has seen no digit it will be audited on) and ``reconstruction``:
+  "mean" (loss per image = the squared error averaged over pixels + beta * KL summed over latent
+  elements, so a beta between about 1e-6 and 1e-1 moves the bottleneck) or "sum" (the squared
+  error summed over pixels + beta * KL, where KL barely binds; the captioned demo used it).
 - ``text`` only: ``text_encoder`` (CLIPTextConfig fields; vocabulary and special ids come from the
   tokenizer built from the caption words, :mod:`core.tiny_clip`) and ``conditioning``:
   ``caption_dropout`` (the share of training steps' captions replaced by the empty prompt, so the
-  empty prompt means "unconditional" as in classifier-free guidance training) and ``vae_images``
-  (how many digits that are neither members nor held out train the autoencoder). ``unet`` holds
+  empty prompt means "unconditional" as in classifier-free guidance training). ``unet`` holds
   UNet2DConditionModel fields. The text encoder is random and frozen (see ``TEXT_ENCODER_NOTE``).
   Each member is captioned by :func:`core.datasets.digit_captions`.
 - ``check``: after training, a SimA audit of members vs held-out (``core.audit.run_audit``:
@@ -85,10 +88,10 @@ DEFAULTS: dict[str, Any] = {
         "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
         "mid_block_add_attention": False,
     },
-    "vae_train": {**_PHASE, "steps": 1500, "batch_size": 32, "beta": 1e-4},
+    "vae_train": {**_PHASE, "steps": 1500, "batch_size": 32, "beta": 1e-4, "images": 1000, "reconstruction": "mean"},
     "check": {"attack": "sima", "timesteps": list(range(0, 201, 10)), "seed": 0},
     "text_encoder": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
-    "conditioning": {"caption_dropout": 0.1, "vae_images": 1000},
+    "conditioning": {"caption_dropout": 0.1},
 }
 _LATENT_ONLY = ("vae", "vae_train")
 _TEXT_ONLY = ("text_encoder", "conditioning")
@@ -154,6 +157,9 @@ def resolve_config(config: dict) -> dict:
             dropout = cfg["conditioning"]["caption_dropout"]
             if not 0 <= dropout < 1:
                 raise SimaError(f"conditioning.caption_dropout must be in [0, 1), got {dropout!r}.")
+        if cfg["vae_train"]["reconstruction"] not in RECONSTRUCTION:
+            raise SimaError(f"vae_train.reconstruction must be one of {', '.join(RECONSTRUCTION)}, "
+                            f"got {cfg['vae_train']['reconstruction']!r}.")
     return cfg
 
 
@@ -187,7 +193,6 @@ def phase_digests(cfg: dict) -> dict[str, str]:
     The VAE phase does not depend on the UNet's settings, so changing those keeps a finished VAE.
     """
     vae = {key: cfg.get(key) for key in ("kind", "seed", "data", "vae", "vae_train")}
-    vae.update({key: cfg[key] for key in _TEXT_ONLY if key in cfg})  # the text kind's VAE data
     unet = {**vae, **{key: cfg.get(key) for key in ("scheduler", "unet", "train")}}
     return {phase: hashlib.sha256(json.dumps(part, sort_keys=True).encode()).hexdigest()[:16]
             for phase, part in (("vae", vae), ("unet", unet))}
@@ -354,16 +359,46 @@ def fit_ddpm(unet: torch.nn.Module, data: torch.Tensor, alphas_cumprod: torch.Te
     return {"final_loss": loss, "wall_time_s": clock()}
 
 
-def _vae_loss(data: torch.Tensor, beta: float) -> Callable:
-    """beta-VAE loss per image: summed squared reconstruction error + beta * KL(q(z|x) || N(0, I))."""
+RECONSTRUCTION = {
+    "mean": "squared error averaged over pixels ([-1, 1] scale) + beta * KL(q(z|x) || N(0, I)) summed over latent "
+            "elements, per image, averaged over the batch",
+    "sum": "squared error summed over pixels ([-1, 1] scale) + beta * KL(q(z|x) || N(0, I)) summed over latent "
+           "elements, per image, averaged over the batch",
+}
+
+
+def _vae_loss(data: torch.Tensor, beta: float, reconstruction: str) -> Callable:
+    """beta-VAE loss per image as :data:`RECONSTRUCTION` words it."""
 
     def loss(vae, gen, batch_size):
         x = data[torch.randint(len(data), (batch_size,), generator=gen)]
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
-        return (recon - x).pow(2).flatten(1).sum(1).mean() + beta * posterior.kl().mean()
+        error = (recon - x).pow(2).flatten(1)
+        error = error.mean(1) if reconstruction == "mean" else error.sum(1)
+        return error.mean() + beta * posterior.kl().mean()
 
     return loss
+
+
+def _fit_vae(cfg: dict, ckpt: Checkpoints, clock: Callable[[], float], progress: bool, summary: dict):
+    """The autoencoder, trained on digits outside the split, with its scaling factor set from them."""
+    from diffusers import AutoencoderKL
+
+    from core import datasets
+
+    data, settings = cfg["data"], cfg["vae_train"]
+    vae_ids = datasets.digits_outside_ids(settings["images"], n_members=data["members"], n_heldout=data["heldout"],
+                                          seed=data["split_seed"])
+    vae_images = datasets.digits_by_ids(vae_ids, data["size"])
+    torch.manual_seed(init_seed(int(cfg["seed"]), "vae"))
+    vae = _build(AutoencoderKL, cfg["vae"], "vae")
+    summary["vae_final_loss"] = _fit("vae", vae, _vae_loss(vae_images, float(settings["beta"]), settings["reconstruction"]),
+                                     settings, int(cfg["seed"]), ckpt, clock, progress)
+    # unit-variance latents, as LDMs use, measured on the autoencoder's own digits
+    vae.register_to_config(scaling_factor=float(1.0 / posterior_means(vae, vae_images).to(torch.float64).std()))
+    summary["vae_train_ids"] = vae_ids
+    return vae
 
 
 def posterior_means(vae: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -444,20 +479,14 @@ def _train(cfg: dict, source: Path | None, out: Path, *, progress: bool, resume:
 def _train_networks(cfg: dict, members: torch.Tensor, ckpt: Checkpoints, clock: Callable[[], float],
                     progress: bool, summary: dict) -> tuple:
     """(unet, scheduler, vae or None) trained on the members; final losses go into ``summary``."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DModel
+    from diffusers import DDPMScheduler, UNet2DModel
 
     scheduler = DDPMScheduler(**cfg["scheduler"])
     seed, vae, data_space = int(cfg["seed"]), None, members
     if cfg["kind"] == "latent":
-        torch.manual_seed(_seed_for_init(seed, "vae"))
-        vae = _build(AutoencoderKL, cfg["vae"], "vae")
-        summary["vae_final_loss"] = _fit("vae", vae, _vae_loss(members, float(cfg["vae_train"]["beta"])),
-                                         cfg["vae_train"], seed, ckpt, clock, progress)
-        means = posterior_means(vae, members)
-        scale = float(1.0 / means.to(torch.float64).std())  # unit-variance latents, as LDMs use
-        vae.register_to_config(scaling_factor=scale)
-        data_space = (scale * means).to(torch.float32)
-    torch.manual_seed(_seed_for_init(seed, "unet"))
+        vae = _fit_vae(cfg, ckpt, clock, progress, summary)
+        data_space = (vae.config.scaling_factor * posterior_means(vae, members)).to(torch.float32)
+    torch.manual_seed(init_seed(seed, "unet"))
     unet = _build(UNet2DModel, cfg["unet"], "unet")
     loss = _ddpm_loss(data_space, scheduler.alphas_cumprod.to(torch.float32))
     summary["unet_final_loss"] = _fit("unet", unet, loss, cfg["train"], seed, ckpt, clock, progress)
@@ -478,25 +507,18 @@ def _train_text(cfg: dict, split, ckpt: Checkpoints, clock: Callable[[], float],
     ``caption_dropout``. After each checkpoint SimA's AUC (members vs held-out, with the caption and
     with the empty prompt) is appended to a learning curve in ``summary["curve"]``.
     """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     from core import datasets, tiny_clip
 
     data, seed, cond = cfg["data"], int(cfg["seed"]), cfg["conditioning"]
     scheduler = DDPMScheduler(**cfg["scheduler"])
-    vae_ids = datasets.digits_outside_ids(cond["vae_images"], n_members=data["members"], n_heldout=data["heldout"],
-                                          seed=data["split_seed"])
-    vae_images = datasets.digits_by_ids(vae_ids, data["size"])
-    torch.manual_seed(_seed_for_init(seed, "vae"))
-    vae = _build(AutoencoderKL, cfg["vae"], "vae")
-    summary["vae_final_loss"] = _fit("vae", vae, _vae_loss(vae_images, float(cfg["vae_train"]["beta"])),
-                                     cfg["vae_train"], seed, ckpt, clock, progress)
-    scale = float(1.0 / posterior_means(vae, vae_images).to(torch.float64).std())
-    vae.register_to_config(scaling_factor=scale)
+    vae = _fit_vae(cfg, ckpt, clock, progress, summary)
+    scale = vae.config.scaling_factor
 
     tokenizer = tiny_clip.write_tokenizer(ckpt.folder / "tokenizer", datasets.caption_words())
-    torch.manual_seed(_seed_for_init(seed, "text_encoder"))
+    torch.manual_seed(init_seed(seed, "text_encoder"))
     text_encoder = CLIPTextModel(tiny_clip.text_encoder_config(tokenizer, cfg["text_encoder"])).eval()
     text_encoder.requires_grad_(False)
     captions = datasets.digit_captions(split.member_ids)
@@ -525,7 +547,7 @@ def _train_text(cfg: dict, split, ckpt: Checkpoints, clock: Callable[[], float],
     curve_sets = (members, index, latents(heldout_ids),
                   torch.tensor([prompts.index(c) for c in datasets.digit_captions(heldout_ids)]))
 
-    torch.manual_seed(_seed_for_init(seed, "unet"))
+    torch.manual_seed(init_seed(seed, "unet"))
     unet = _build(UNet2DConditionModel, cfg["unet"], "unet")
     record = _curve_recorder(ckpt, table, curve_sets, scheduler.alphas_cumprod, progress)
     saved = ckpt.progress()["phases"].get("unet", {}).get("step", 0)
@@ -538,7 +560,6 @@ def _train_text(cfg: dict, split, ckpt: Checkpoints, clock: Callable[[], float],
         record(saved, unet.eval())
     summary["unet_final_loss"] = _fit("unet", unet, loss, cfg["train"], seed, ckpt, clock, progress, record)
     summary["curve"] = _read_curve(ckpt)
-    summary["vae_train_ids"] = vae_ids
     return unet, scheduler, vae, text_encoder, tokenizer
 
 
@@ -579,7 +600,7 @@ def _curve_recorder(ckpt: Checkpoints, table: torch.Tensor, sets: tuple, alphas_
     return record
 
 
-def _seed_for_init(seed: int, phase: str) -> int:
+def init_seed(seed: int, phase: str) -> int:
     """The global seed set before building a network, so its initial weights are reproducible."""
     from core.hashing import seed_for
 
@@ -637,6 +658,7 @@ def _manifest(cfg: dict, out: Path, record: dict, split, wall: float, summary: d
         "preprocessing": record["preprocessing"],
         "member_ids": split.member_ids,
         "heldout_ids": split.heldout_ids,
+        **_vae_fields(cfg, summary),
         **_text_fields(cfg, split, summary),
         "seed": cfg["seed"],
         "steps": steps,
@@ -648,6 +670,16 @@ def _manifest(cfg: dict, out: Path, record: dict, split, wall: float, summary: d
     }
 
 
+def _vae_fields(cfg: dict, summary: dict) -> dict:
+    """What a latent or text model's manifest adds: the autoencoder's own digits and its loss."""
+    if "vae_train" not in cfg:
+        return {}
+    settings = cfg["vae_train"]
+    return {"vae_train_ids": summary["vae_train_ids"],
+            "vae_loss": {"beta": settings["beta"], "reconstruction": settings["reconstruction"],
+                         "normalisation": RECONSTRUCTION[settings["reconstruction"]]}}
+
+
 def _text_fields(cfg: dict, split, summary: dict) -> dict:
     """What a text model's manifest adds: the autoencoder's digits, the captions, and how it was trained."""
     from core import datasets
@@ -656,7 +688,6 @@ def _text_fields(cfg: dict, split, summary: dict) -> dict:
         return {}
     ids = split.member_ids + split.heldout_ids
     return {
-        "vae_train_ids": summary["vae_train_ids"],
         "captions": dict(zip(ids, datasets.digit_captions(ids))),
         "captioning": (
             "core.datasets.digit_captions: 'a handwritten <digit>', with 'thin' for the third of each "

@@ -35,7 +35,7 @@ def pixel_config(**extra):
 
 def latent_config(**extra):
     return {"kind": "latent", "data": {"size": 8, "members": 24, "heldout": 24}, "unet": TINY_UNET,
-            "vae": TINY_VAE, "vae_train": {**PHASE, "beta": 1e-3}, "train": dict(PHASE), "check": None, "threads": 1,
+            "vae": TINY_VAE, "vae_train": {**PHASE, "beta": 1e-3, "images": 40}, "train": dict(PHASE), "check": None, "threads": 1,
             **extra}
 
 
@@ -47,9 +47,9 @@ TINY_TEXT_UNET = {
 
 def text_config(**extra):
     return {"kind": "text", "data": {"size": 8, "members": 24, "heldout": 24}, "unet": TINY_TEXT_UNET,
-            "vae": TINY_VAE, "vae_train": {**PHASE, "beta": 1e-3}, "train": dict(PHASE), "check": None, "threads": 1,
+            "vae": TINY_VAE, "vae_train": {**PHASE, "beta": 1e-3, "images": 40}, "train": dict(PHASE), "check": None, "threads": 1,
             "text_encoder": {"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2},
-            "conditioning": {"caption_dropout": 0.1, "vae_images": 40}, **extra}
+            "conditioning": {"caption_dropout": 0.1}, **extra}
 
 
 def weights(folder, component="unet"):
@@ -73,19 +73,38 @@ def test_a_pixel_run_saves_a_folder_that_loads_with_a_matching_manifest(tmp_path
     assert model.training_set_size() == 24
 
 
-def test_a_latent_run_stores_the_scaling_that_whitens_the_member_latents(tmp_path):
+def test_a_latent_run_trains_its_autoencoder_on_other_digits_and_whitens_their_latents(tmp_path):
     out = training.train(latent_config(), tmp_path / "ldm", progress=False)
     model = load_model(out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert isinstance(model, LatentModel) and model.sample_shape == (2, 4, 4)
     assert manifest["fingerprint"] == model.fingerprint
     assert manifest["steps"] == {"unet": 20, "vae": 20}
-    members, _ = datasets.demo_sets(model)[:2]
+    vae_ids = manifest["vae_train_ids"]
+    assert vae_ids == datasets.digits_outside_ids(40, n_members=24, n_heldout=24)
+    assert not set(vae_ids) & (set(manifest["member_ids"]) | set(manifest["heldout_ids"]))
+    assert manifest["vae_loss"]["reconstruction"] == "mean" and "averaged over pixels" in manifest["vae_loss"]["normalisation"]
     with torch.no_grad():
-        means = model.vae.encode(members).latent_dist.mean.to(torch.float64)
+        means = model.vae.encode(datasets.digits_by_ids(vae_ids, 8)).latent_dist.mean.to(torch.float64)
     assert math.isclose(model.scaling_factor, 1 / float(means.std()), rel_tol=1e-6)
     assert json.loads((out / "vae" / "config.json").read_text())["scaling_factor"] == model.scaling_factor
-    assert math.isclose(float(model.encode(members).to(torch.float64).std()), 1.0, rel_tol=1e-5)
+    assert set(manifest["vae_reconstruction_mse"]) == {"members", "heldout", "vae_train"}
+
+
+@pytest.mark.parametrize("reconstruction, scale", [("mean", 1 / 64), ("sum", 1.0)])
+def test_the_autoencoder_loss_is_normalised_as_its_config_says(reconstruction, scale):
+    """With beta = 0 the loss is the summed squared error, divided by the pixel count for "mean"."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**training.resolve_config(latent_config())["vae"]).eval()
+    images = datasets.digits_by_ids(datasets.digits_outside_ids(4, n_members=24, n_heldout=24), 8)
+    got = training._vae_loss(images, 0.0, reconstruction)(vae, torch.Generator().manual_seed(1), 4)
+    gen = torch.Generator().manual_seed(1)
+    x = images[torch.randint(4, (4,), generator=gen)]
+    posterior = vae.encode(x).latent_dist
+    summed = (vae.decode(posterior.sample(generator=gen)).sample - x).pow(2).flatten(1).sum(1).mean()
+    torch.testing.assert_close(got, summed * scale)
 
 
 def test_a_text_run_saves_a_stable_diffusion_folder_whose_autoencoder_never_saw_the_split(tmp_path):
