@@ -26,7 +26,10 @@ Config keys (missing ones take :data:`DEFAULTS`; an unknown key is an error):
   train the autoencoder, so it has seen no digit it will be audited on) and ``reconstruction``:
   "mean" (loss per image = the squared error averaged over pixels + beta * KL summed over latent
   elements, so a beta between about 1e-6 and 1e-1 moves the bottleneck) or "sum" (the squared
-  error summed over pixels + beta * KL, where KL barely binds; the captioned demo used it).
+  error summed over pixels + beta * KL, where KL barely binds; the captioned demo used it), and
+  ``latents`` (latent kind): what the diffusion model trains on, "mean" (each member's posterior
+  mean) or "sample" (a fresh posterior sample at every step, as Stable Diffusion's trainer does;
+  only then does the KL weight's posterior noise reach the diffusion model).
 - ``text`` only: ``text_encoder`` (CLIPTextConfig fields; vocabulary and special ids come from the
   tokenizer built from the caption words, :mod:`core.tiny_clip`) and ``conditioning``:
   ``caption_dropout`` (the share of training steps' captions replaced by the empty prompt, so the
@@ -88,7 +91,8 @@ DEFAULTS: dict[str, Any] = {
         "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
         "mid_block_add_attention": False,
     },
-    "vae_train": {**_PHASE, "steps": 1500, "batch_size": 32, "beta": 1e-4, "images": 1000, "reconstruction": "mean"},
+    "vae_train": {**_PHASE, "steps": 1500, "batch_size": 32, "beta": 1e-4, "images": 1000, "reconstruction": "mean",
+                  "latents": "mean"},
     "check": {"attack": "sima", "timesteps": list(range(0, 201, 10)), "seed": 0},
     "text_encoder": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
     "conditioning": {"caption_dropout": 0.1},
@@ -157,6 +161,9 @@ def resolve_config(config: dict) -> dict:
             dropout = cfg["conditioning"]["caption_dropout"]
             if not 0 <= dropout < 1:
                 raise SimaError(f"conditioning.caption_dropout must be in [0, 1), got {dropout!r}.")
+        if cfg["vae_train"]["latents"] not in ("mean", "sample") or (kind == "text" and cfg["vae_train"]["latents"] != "mean"):
+            raise SimaError(f"vae_train.latents must be 'mean' or 'sample' (text models: 'mean'), got "
+                            f"{cfg['vae_train']['latents']!r}.")
         if cfg["vae_train"]["reconstruction"] not in RECONSTRUCTION:
             raise SimaError(f"vae_train.reconstruction must be one of {', '.join(RECONSTRUCTION)}, "
                             f"got {cfg['vae_train']['reconstruction']!r}.")
@@ -317,12 +324,19 @@ def learning_rate(settings: dict, step: int) -> float:
     return settings["lr"]
 
 
-def _ddpm_loss(data: torch.Tensor, abar: torch.Tensor) -> Callable:
-    """MSE between the true and predicted noise at a uniform random timestep (epsilon prediction)."""
+def _ddpm_loss(data: torch.Tensor, abar: torch.Tensor, spread: torch.Tensor | None = None) -> Callable:
+    """MSE between the true and predicted noise at a uniform random timestep (epsilon prediction).
+
+    With ``spread`` (a latent model's scaled posterior standard deviations), each step trains on
+    a fresh posterior sample data + spread * noise instead of the posterior mean ``data``.
+    """
 
     def loss(unet, gen, batch_size):
-        x0 = data[torch.randint(len(data), (batch_size,), generator=gen)]
+        pick = torch.randint(len(data), (batch_size,), generator=gen)
+        x0 = data[pick]
         t = torch.randint(len(abar), (batch_size,), generator=gen)
+        if spread is not None:
+            x0 = x0 + spread[pick] * torch.randn(x0.shape, generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
         a = abar[t].view(-1, 1, 1, 1)
         return F.mse_loss(unet(a.sqrt() * x0 + (1 - a).sqrt() * eps, t).sample, eps)
@@ -367,6 +381,12 @@ RECONSTRUCTION = {
 }
 
 
+LATENTS = {
+    "mean": "each member's posterior mean, times the scaling factor",
+    "sample": "a fresh posterior sample of each member at every step (mean + std * noise), times the scaling factor",
+}
+
+
 def _vae_loss(data: torch.Tensor, beta: float, reconstruction: str) -> Callable:
     """beta-VAE loss per image as :data:`RECONSTRUCTION` words it."""
 
@@ -395,10 +415,20 @@ def _fit_vae(cfg: dict, ckpt: Checkpoints, clock: Callable[[], float], progress:
     vae = _build(AutoencoderKL, cfg["vae"], "vae")
     summary["vae_final_loss"] = _fit("vae", vae, _vae_loss(vae_images, float(settings["beta"]), settings["reconstruction"]),
                                      settings, int(cfg["seed"]), ckpt, clock, progress)
-    # unit-variance latents, as LDMs use, measured on the autoencoder's own digits
-    vae.register_to_config(scaling_factor=float(1.0 / posterior_means(vae, vae_images).to(torch.float64).std()))
+    # unit-variance latents, as LDMs use, measured on the autoencoder's own digits: of the posterior
+    # means, or of posterior samples (mean spread plus posterior variance) when the DDPM trains on samples
+    mean, std = posterior_stats(vae, vae_images)
+    variance = mean.var() + (std.pow(2).mean() if settings["latents"] == "sample" else 0.0)
+    vae.register_to_config(scaling_factor=float(1.0 / variance.sqrt()))
     summary["vae_train_ids"] = vae_ids
     return vae
+
+
+def posterior_stats(vae: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unscaled posterior means E[z | x] and standard deviations of a VAE, in float64, computed in batches."""
+    with torch.no_grad():
+        dists = [vae.encode(images[i:i + batch_size]).latent_dist for i in range(0, len(images), batch_size)]
+    return (torch.cat([d.mean for d in dists]).to(torch.float64), torch.cat([d.std for d in dists]).to(torch.float64))
 
 
 def posterior_means(vae: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
@@ -482,13 +512,16 @@ def _train_networks(cfg: dict, members: torch.Tensor, ckpt: Checkpoints, clock: 
     from diffusers import DDPMScheduler, UNet2DModel
 
     scheduler = DDPMScheduler(**cfg["scheduler"])
-    seed, vae, data_space = int(cfg["seed"]), None, members
+    seed, vae, data_space, spread = int(cfg["seed"]), None, members, None
     if cfg["kind"] == "latent":
         vae = _fit_vae(cfg, ckpt, clock, progress, summary)
-        data_space = (vae.config.scaling_factor * posterior_means(vae, members)).to(torch.float32)
+        mean, std = posterior_stats(vae, members)
+        data_space = (vae.config.scaling_factor * mean).to(torch.float32)
+        if cfg["vae_train"]["latents"] == "sample":
+            spread = (vae.config.scaling_factor * std).to(torch.float32)
     torch.manual_seed(init_seed(seed, "unet"))
     unet = _build(UNet2DModel, cfg["unet"], "unet")
-    loss = _ddpm_loss(data_space, scheduler.alphas_cumprod.to(torch.float32))
+    loss = _ddpm_loss(data_space, scheduler.alphas_cumprod.to(torch.float32), spread)
     summary["unet_final_loss"] = _fit("unet", unet, loss, cfg["train"], seed, ckpt, clock, progress)
     return unet, scheduler, vae
 
@@ -677,7 +710,8 @@ def _vae_fields(cfg: dict, summary: dict) -> dict:
     settings = cfg["vae_train"]
     return {"vae_train_ids": summary["vae_train_ids"],
             "vae_loss": {"beta": settings["beta"], "reconstruction": settings["reconstruction"],
-                         "normalisation": RECONSTRUCTION[settings["reconstruction"]]}}
+                         "normalisation": RECONSTRUCTION[settings["reconstruction"]]},
+            "diffusion_latents": LATENTS[settings["latents"]]}
 
 
 def _text_fields(cfg: dict, split, summary: dict) -> dict:

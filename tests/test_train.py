@@ -270,3 +270,40 @@ def test_fit_ddpm_resumes_an_interrupted_run_to_the_same_weights(tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(SimaError, match="Unknown training settings"):
         training.fit_ddpm(tiny_unet(), data, ddpm_abar(), {"epochs": 3}, seed=3, checkpoint_dir=tmp_path / "c")
+
+
+def test_a_latent_model_can_train_on_posterior_samples_with_their_variance_in_the_scaling(tmp_path):
+    out = training.train(latent_config(vae_train={**PHASE, "beta": 1e-3, "images": 40, "latents": "sample"}),
+                         tmp_path / "ldm", progress=False)
+    model = load_model(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "fresh posterior sample" in manifest["diffusion_latents"]
+    with torch.no_grad():
+        dist = model.vae.encode(datasets.digits_by_ids(manifest["vae_train_ids"], 8)).latent_dist
+    mean, std = dist.mean.to(torch.float64), dist.std.to(torch.float64)
+    assert math.isclose(model.scaling_factor, float(1 / (mean.var() + std.pow(2).mean()).sqrt()), rel_tol=1e-6)
+
+
+def test_the_sampled_latent_loss_draws_one_posterior_sample_per_step():
+    gen = torch.Generator().manual_seed(0)
+    data, spread = torch.randn(5, 2, 2, 2, generator=gen), torch.rand(5, 2, 2, 2, generator=gen)
+    abar = torch.linspace(0.99, 0.01, 10)
+    seen = {}
+
+    def unet(x, t):
+        seen["x"], seen["t"] = x, t
+        return type("Out", (), {"sample": torch.zeros_like(x)})()
+
+    loss = training._ddpm_loss(data, abar, spread)(unet, torch.Generator().manual_seed(3), 4)
+    g = torch.Generator().manual_seed(3)
+    pick, t = torch.randint(5, (4,), generator=g), torch.randint(10, (4,), generator=g)
+    x0 = data[pick] + spread[pick] * torch.randn((4, 2, 2, 2), generator=g)
+    eps = torch.randn((4, 2, 2, 2), generator=g)
+    a = abar[t].view(-1, 1, 1, 1)
+    torch.testing.assert_close(seen["x"], a.sqrt() * x0 + (1 - a).sqrt() * eps)
+    torch.testing.assert_close(loss, eps.pow(2).mean())
+
+
+def test_text_models_train_on_posterior_means_only():
+    with pytest.raises(SimaError, match="vae_train.latents"):
+        training.resolve_config(text_config(vae_train={**PHASE, "beta": 1e-3, "images": 40, "latents": "sample"}))
