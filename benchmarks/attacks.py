@@ -254,7 +254,7 @@ def audit_model(model, members, member_ids, heldout, heldout_ids, args, grid: li
             "tpr_at_1pct_fpr": m["tpr_at_1pct_fpr"],
             "report_members": result.metrics.n_members,
             "report_nonmembers": result.metrics.n_nonmembers,
-            "queries_per_sample_at_t": attack.queries_per_sample(t),
+            "queries_per_sample_at_t": attack.queries_at(model, t),
             "queries_per_sample_grid": attack.queries_for_grid(grid),
             "sweep_wall_s": result.wall_time_s,
             "sweep_s_per_1000_images": result.wall_time_s / n_images * 1000,

@@ -545,7 +545,7 @@ def audit_from_statistics(
         uses_timestep=attack.uses_timestep,
     )
     # The cost of the attack as reported: at the t it chose (SecMI's grows with t).
-    result.queries_per_sample = attack.queries_per_sample(result.chosen_t)
+    result.queries_per_sample = attack.queries_at(model, result.chosen_t)
     return result
 
 

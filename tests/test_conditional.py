@@ -312,6 +312,21 @@ def test_gap_and_clid_equal_their_definitions_from_the_pipeline(folders, images)
     assert reduced_caption("the dog on a mat", 0.3) == "the dog on" and reduced_caption("cat", 0.5) == ""
 
 
+def test_clid_reports_the_queries_it_makes_on_caption_and_label_models(folders, images):
+    folder, _ = images
+    x = _pixels(folder, ["a.png", "b.png"])
+    attack = CLiD()
+    for name, cond in (("sd1", [CAPTIONS["a.png"], CAPTIONS["b.png"]]), ("dit", ["3", "6"])):
+        model = load_model(folders[name])
+        made = []
+        raw = model._raw
+        model._raw = lambda z, t, *c: made.append(z.shape[0]) or raw(z, t, *c)
+        noise = keyed_noise(row_digests(x), torch.full((2,), -1), 3, tuple(model.sample_shape), 0)
+        attack.statistic(model, model.encode(x), 0, noise=noise, cond=cond)
+        assert sum(made) == 2 * attack.queries_at(model, 0), name
+    assert attack.queries_at(load_model(folders["dit"]), 0) == 6 and attack.queries_at(load_model(folders["sd1"]), 0) == 15
+
+
 def test_gap_and_clid_need_a_conditional_model_and_captions(folders, images, capsys):
     folder, table = images
     for attack in ("gap", "clid"):

@@ -89,6 +89,11 @@ class Attack(abc.ABC):
     def queries_per_sample(self, t: int) -> int:
         """Model evaluations this attack spends on one sample at timestep t."""
 
+    def queries_at(self, model: DiffusionModel, t: int) -> int:
+        """Model evaluations on one sample at timestep t of this model: ``queries_per_sample``
+        unless the count depends on the kind of model."""
+        return self.queries_per_sample(t)
+
     def queries_for_grid(self, timesteps: Sequence[int]) -> int:
         """Model evaluations a sweep spends on one sample over the whole grid."""
         steps = [int(t) for t in timesteps]

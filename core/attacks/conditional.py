@@ -106,6 +106,12 @@ class CLiD(Attack):
     def queries_per_sample(self, t: int) -> int:
         return len(self.timesteps) * (2 + len(self.cut_rates))
 
+    def queries_at(self, model, t: int) -> int:
+        # a class label has no words to cut: the label and the null class only
+        if getattr(model, "condition_kind", None) == "label":
+            return len(self.timesteps) * 2
+        return self.queries_per_sample(t)
+
     def conditions(self, model, cond: Conditioning) -> list[Conditioning]:
         """The caption's conditioning first, then each reduced caption's, then the empty one."""
         reduced = []
