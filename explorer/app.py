@@ -37,7 +37,7 @@ navigation = st.navigation({
         st.Page(PAGES / "timesteps.py", title="Timestep explorer", icon=":material/tune:"),
         st.Page(PAGES / "local_mean.py", title="Local mean", icon=":material/blur_on:"),
         st.Page(PAGES / "compare.py", title="Compare attacks", icon=":material/leaderboard:"),
-        st.Page(PAGES / "latent.py", title="Pixel vs latent", icon=":material/layers:"),
+        st.Page(PAGES / "latent.py", title="Latent bottleneck", icon=":material/layers:"),
     ],
     "Learn": [
         st.Page(PAGES / "about.py", title="About", icon=":material/school:"),

@@ -242,6 +242,60 @@ def auc_curves_figure(results: Mapping[str, object], *, current_t: int | None = 
     return _layout(fig, None, height, xaxis=dict(title="timestep t"), yaxis=dict(title="AUC (report half)", range=[0.4, 1.02]))
 
 
+def bottleneck_figure(study: Mapping, height: int = 560) -> go.Figure:
+    """The latent bottleneck study: leakage (AUC with 95% CIs) and what it costs (sample precision
+    and recall, reconstruction error, of the models trained on posterior samples) against the
+    autoencoder's KL weight, the pixel model as a band."""
+    rows = sorted(study["rows"], key=lambda r: r["beta"])
+    betas = [r["beta"] for r in rows]
+    pixel = study["pixel"]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("leakage: SimA AUC on the report half", "cost: sample quality and reconstruction"))
+    fig.add_hrect(y0=pixel["ci_low"], y1=pixel["ci_high"], fillcolor=MEMBER, opacity=0.15, line_width=0, row=1, col=1)
+    fig.add_trace(go.Scatter(
+        x=[betas[0], betas[-1]], y=[pixel["auc"]] * 2, mode="lines", name="pixel model (band: 95% CI)",
+        line=dict(color=MEMBER, dash="dash", width=2), hoverinfo="skip"), row=1, col=1)
+    series = (("rows", "latent, trained on posterior samples", "solid"),
+              ("rows_posterior_mean", "latent, trained on posterior means", "dot"))
+    for key, name, dash in series:
+        points = sorted(study.get(key) or [], key=lambda r: r["beta"])
+        if not points:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[r["beta"] for r in points], y=[r["auc"] for r in points], mode="lines+markers", name=name,
+            error_y=dict(type="data", symmetric=False, array=[r["ci_high"] - r["auc"] for r in points],
+                         arrayminus=[r["auc"] - r["ci_low"] for r in points]),
+            line=dict(color=NONMEMBER, width=3, dash=dash), hovertemplate="beta %{x:g}: AUC %{y:.3f}<extra></extra>"),
+            row=1, col=1)
+    for i, (key, label) in enumerate((("precision", "sample precision"), ("recall", "sample recall"))):
+        fig.add_trace(go.Scatter(
+            x=betas, y=[r["quality"][key] for r in rows], mode="lines+markers", name=label,
+            line=dict(color=SERIES[2 + i], width=3), hovertemplate=f"beta %{{x:g}}: {label} %{{y:.3f}}<extra></extra>"),
+            row=2, col=1)
+    fig.add_trace(go.Scatter(
+        x=betas, y=[r["recon_mse"] for r in rows], mode="lines+markers", name="reconstruction MSE (held-out)",
+        line=dict(color=SERIES[4], width=2, dash="dot"), hovertemplate="beta %{x:g}: MSE %{y:.4f}<extra></extra>"),
+        row=2, col=1)
+    fig.update_xaxes(type="log", dtick=1, title_text="autoencoder KL weight beta", row=2, col=1)
+    fig.update_xaxes(type="log", dtick=1, row=1, col=1)
+    fig.update_yaxes(title_text="AUC", range=[0.4, 1.02], row=1, col=1)
+    fig.update_yaxes(title_text="value", range=[0, 1.02], row=2, col=1)
+    return _layout(fig, None, height)
+
+
+def learning_curve_figure(curve: Sequence[Mapping], height: int = 360) -> go.Figure:
+    """Leakage against training length: SimA's AUC (95% CI) of each saved checkpoint."""
+    steps = [p["step"] for p in curve]
+    fig = go.Figure(go.Scatter(
+        x=steps, y=[p["auc"] for p in curve], mode="lines+markers", name="SimA AUC (report half)",
+        error_y=dict(type="data", symmetric=False, array=[p["ci_high"] - p["auc"] for p in curve],
+                     arrayminus=[p["auc"] - p["ci_low"] for p in curve]),
+        line=dict(color=MEMBER, width=3), hovertemplate="step %{x}: AUC %{y:.3f}<extra></extra>"))
+    fig.add_hline(y=0.5, line=dict(color=CURRENT, dash="dot", width=1))
+    return _layout(fig, None, height, xaxis=dict(title="training steps (batch 32)"),
+                   yaxis=dict(title="AUC", range=[0.4, 1.02]))
+
+
 def norm_curve_figure(
     timesteps: Sequence[int],
     queries: Mapping[str, np.ndarray],

@@ -24,7 +24,7 @@ DEFAULT_SEED = 0
 #: FPRs a verdict can be asked at; 1% is the literature's headline operating point.
 FPR_CHOICES = (0.001, 0.01, 0.05, 0.1)
 DEFAULT_FPR = 0.01
-#: The pixel and latent demos trained on the same members, for the "Pixel vs latent" page.
+#: The pixel and latent demos trained on the same members, for the "Latent bottleneck" page.
 PIXEL_VS_LATENT = ("digits-ddpm-memorising", "digits-ldm-beta-low", "digits-ldm-beta-high")
 PERFECT_MEMORISER = "digits-empirical"
 #: How a conditional model is queried: each image's own caption (or label), or the empty prompt.

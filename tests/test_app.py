@@ -499,6 +499,22 @@ def test_pixel_vs_latent_audits_each_demo_on_its_own_split(monkeypatch):
     assert len(chart(at, "latent_recon")["data"]) == 4 * 3
 
 
+def test_the_latent_page_shows_the_measured_bottleneck_study_and_its_conclusion(monkeypatch):
+    from core import bottleneck
+
+    study = bottleneck.load_study()
+    at = start(monkeypatch, FAST, "latent")
+    assert not at.exception and not at.error
+    curve = chart(at, "bottleneck_curve")["data"]
+    latent = next(trace for trace in curve if trace["name"] == "latent, trained on posterior samples")
+    assert list(array(latent["y"])) == [r["auc"] for r in sorted(study["rows"], key=lambda r: r["beta"])]
+    assert any(trace["name"].startswith("pixel model") for trace in curve)
+    shown = texts(at.markdown)
+    assert bottleneck.direction(study).sentence() in shown and bottleneck.recommendation(study) in shown
+    if study.get("curve"):
+        assert len(array(chart(at, "bottleneck_training")["data"][0]["y"])) == len(study["curve"])
+
+
 # ----------------------------------------------------------------------------- helpers under the pages
 
 

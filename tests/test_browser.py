@@ -237,7 +237,7 @@ def test_the_app_in_a_real_browser(server, tmp_path, capsys):
             assert page.get_by_role("button", name="Run it again").count() == 1
             _no_error_shown(page)
 
-            _open(page, "Pixel vs latent")
+            _open(page, "Latent bottleneck")
             if page.get_by_role("button", name="Audit the pixel and latent models").count():
                 page.get_by_role("button", name="Audit the pixel and latent models").click()
                 page.get_by_text("How to read this").wait_for(timeout=RUN_TIMEOUT_MS)

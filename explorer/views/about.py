@@ -72,8 +72,9 @@ st.markdown(
     "reference set can look unusual for reasons that have nothing to do with training.\n"
     "- A near-duplicate of a training image (re-encoded, cropped, a frame from the same video) can be "
     "flagged although the file itself was never used.\n"
-    "- *Not flagged* is not proof of absence. Models that generalise well, latent models and large "
-    "training sets leak less; a member can look ordinary.\n"
+    "- *Not flagged* is not proof of absence. Models that generalise well, large training sets, and "
+    "latent models whose autoencoder's posterior noise hides each image (see the Latent bottleneck page) "
+    "leak less; a member can look ordinary.\n"
     "- With n reference non-members the smallest possible p-value is 1/(n+1): a verdict at α below that "
     "cannot be made, and the app says so instead of guessing."
 )
