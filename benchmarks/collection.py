@@ -29,14 +29,12 @@ import time
 import numpy as np
 import torch
 
-from common import RESULTS, describe_machine, machine, replace_section
+from common import RESULTS, card_report_half, describe_machine, machine, replace_section, save_results
 
-from core import load_model  # noqa: E402
 from core.attacks import get_attack  # noqa: E402
 from core.collection import collection_test, exact_false_positive_rate, images_needed  # noqa: E402
-from core.datasets import demo_sets  # noqa: E402
 from core.metrics import membership_scores  # noqa: E402
-from core.scoring import calibrate, statistics_at  # noqa: E402
+from core.scoring import statistics_at  # noqa: E402
 
 SECTION = "Collection test"
 OUT = RESULTS / "collection.json"
@@ -47,12 +45,7 @@ ALPHAS = (0.05, 0.01)
 
 def model_scores(name: str) -> dict:
     """Membership scores of the report-half members and held-out images at the card's t."""
-    model = load_model(name)
-    calibration = calibrate(model)
-    members, member_ids, heldout, heldout_ids = demo_sets(model)
-    chose_t = set(calibration.selection_ids)
-    keep_m = [i for i, x in enumerate(member_ids) if x not in chose_t]
-    keep_h = [i for i, x in enumerate(heldout_ids) if x not in chose_t]
+    model, calibration, members, heldout = card_report_half(name)
     attack = get_attack(calibration.attack)
     start = time.perf_counter()
 
@@ -60,9 +53,9 @@ def model_scores(name: str) -> dict:
         return membership_scores(statistics_at(model, images, attack, calibration.t).numpy(), attack.member_when)
 
     return {
-        "members": scores(members[keep_m]), "heldout": scores(heldout[keep_h]),
+        "members": scores(members), "heldout": scores(heldout),
         "info": {"t": calibration.t, "attack": calibration.attack, "per_image_auc": calibration.per_image_auc,
-                 "calibration": calibration.source, "n_members": len(keep_m), "n_heldout": len(keep_h),
+                 "calibration": calibration.source, "n_members": len(members), "n_heldout": len(heldout),
                  "scoring_s": round(time.perf_counter() - start, 1)},
     }
 
@@ -200,10 +193,7 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     payload = run(args.models.split(","), [int(n) for n in args.sizes.split(",")], args.draws, args.seed)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(payload, indent=1) + "\n")
-    replace_section(SECTION, markdown(payload))
-    print(f"wrote {OUT} and the '{SECTION}' section of the benchmarks doc")
+    save_results(OUT, payload, SECTION, markdown(payload))
     return 0
 
 

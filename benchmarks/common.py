@@ -55,6 +55,32 @@ def replace_section(title: str, body: str, path: Path = DOC) -> None:
     path.write_text(text)
 
 
+def card_report_half(name: str) -> tuple:
+    """(model, calibration, members, heldout) of a bundled demo: its card's calibration
+    (``core.scoring.calibrate``) and the member and held-out images that did not choose its t."""
+    from core import load_model
+    from core.datasets import demo_sets
+    from core.scoring import calibrate
+
+    model = load_model(name)
+    calibration = calibrate(model)
+    members, member_ids, heldout, heldout_ids = demo_sets(model)
+    chose_t = set(calibration.selection_ids)
+    keep_m = [i for i, x in enumerate(member_ids) if x not in chose_t]
+    keep_h = [i for i, x in enumerate(heldout_ids) if x not in chose_t]
+    return model, calibration, members[keep_m], heldout[keep_h]
+
+
+def save_results(path: Path, payload: dict, section: str, body: str) -> None:
+    """Write a benchmark's JSON and its section of the benchmarks doc, and say so."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    replace_section(section, body)
+    print(f"wrote {path} and the '{section}' section of the benchmarks doc")
+
+
 def replace_marked_block(path: Path, name: str, body: str) -> None:
     """Rewrite the block between ``<!-- name:start -->`` and ``<!-- name:end -->`` of a file."""
     from core.cards import replace_marked

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, ROOT, describe_machine, machine, replace_marked_block, replace_section
+from common import RESULTS, ROOT, describe_machine, machine, replace_marked_block, replace_section, save_results
 
 from core import load_model  # noqa: E402
 from core import datasets  # noqa: E402
@@ -214,11 +214,6 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
-def write_reports(payload: dict) -> None:
-    replace_section(SECTION, markdown(payload))
-    replace_marked_block(ROOT / "README.md", "latent-study", headline(payload))
-
-
 def headline(payload: dict) -> str:
     """The README's paragraph: the two series' ends, the quality cost and the pixel reference."""
     rows = sorted(payload["rows"], key=lambda r: r["beta"])
@@ -265,7 +260,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     betas = [float(b) for b in args.betas.split(",")]
     if args.report:
-        write_reports(json.loads(OUT.read_text()))
+        payload = json.loads(OUT.read_text())
+        replace_section(SECTION, markdown(payload))
+        replace_marked_block(ROOT / "README.md", "latent-study", headline(payload))
         return 0
     torch.set_num_threads(1)
     if args.train:
@@ -275,10 +272,8 @@ def main(argv=None) -> int:
         train_curve(args.runs)
         return 0
     payload = measure(betas, args.runs, args.samples)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(payload, indent=1) + "\n")
-    write_reports(payload)
-    print(f"wrote {OUT} and the '{SECTION}' section of the benchmarks doc")
+    save_results(OUT, payload, SECTION, markdown(payload))
+    replace_marked_block(ROOT / "README.md", "latent-study", headline(payload))
     return 0
 
 

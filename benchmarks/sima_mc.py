@@ -22,14 +22,13 @@ import time
 import numpy as np
 import torch
 
-from common import RESULTS, describe_machine, machine, replace_section
+from common import RESULTS, card_report_half, describe_machine, machine, replace_section, save_results
 
 from core import demo_names, load_model  # noqa: E402
 from core.attacks import SimAMC  # noqa: E402
 from core.cache import ScoreCache  # noqa: E402
-from core.datasets import demo_sets  # noqa: E402
 from core.metrics import compare, evaluate, membership_scores  # noqa: E402
-from core.scoring import calibrate, statistics_at  # noqa: E402
+from core.scoring import statistics_at  # noqa: E402
 
 SECTION = "SimA-MC reduction"
 OUT = RESULTS / "sima_mc.json"
@@ -38,14 +37,9 @@ K = 10
 
 
 def measure(name: str, seed: int) -> dict:
-    model = load_model(name)
-    calibration = calibrate(model)
-    members, member_ids, heldout, heldout_ids = demo_sets(model)
-    chose_t = set(calibration.selection_ids)
-    keep_m = [i for i, x in enumerate(member_ids) if x not in chose_t]
-    keep_h = [i for i, x in enumerate(heldout_ids) if x not in chose_t]
-    images = torch.cat([members[keep_m], heldout[keep_h]])
-    labels = np.r_[np.ones(len(keep_m)), np.zeros(len(keep_h))]
+    model, calibration, members, heldout = card_report_half(name)
+    images = torch.cat([members, heldout])
+    labels = np.r_[np.ones(len(members)), np.zeros(len(heldout))]
     started = time.perf_counter()
     scores = {}
     for reduce in REDUCTIONS:
@@ -54,7 +48,7 @@ def measure(name: str, seed: int) -> dict:
         stats = statistics_at(model, images, attack, calibration.t, seed=seed, cache=ScoreCache()).numpy()
         scores[reduce] = membership_scores(stats, attack.member_when)
     paired = compare(labels, scores["mean_norm"], scores["norm_of_mean"], names=REDUCTIONS, seed=seed)
-    row = {"model": name, "t": calibration.t, "n_members": len(keep_m), "n_heldout": len(keep_h), "k": K,
+    row = {"model": name, "t": calibration.t, "n_members": len(members), "n_heldout": len(heldout), "k": K,
            "comparison": paired.to_dict(), "seconds": round(time.perf_counter() - started, 1)}
     for reduce in REDUCTIONS:
         auc = evaluate(membership_scores=scores[reduce], labels=labels, seed=seed).auc
@@ -116,10 +110,7 @@ def main(argv=None) -> int:
         r = payload["rows"][-1]
         print(f"{name}: mean_norm {r['mean_norm']['auc']:.3f}, norm_of_mean {r['norm_of_mean']['auc']:.3f}, "
               f"{r['comparison']['verdict']}", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(payload, indent=1) + "\n")
-    replace_section(SECTION, markdown(payload))
-    print(f"wrote {OUT} and the '{SECTION}' section of the benchmarks doc")
+    save_results(OUT, payload, SECTION, markdown(payload))
     return 0
 
 
