@@ -27,8 +27,8 @@ checkpoint. The default budget (1,500 steps of batch 64) takes about an hour on 
 Each row's report-half membership scores at its chosen t go to benchmarks/results/
 attack_scores.npz, and every ordering between two attacks of a model comes from a paired,
 stratified bootstrap of their AUC difference on those same samples (``core.metrics.compare``):
-"A > B" only when its 95% CI excludes 0. The published rows have no per-sample data, so they
-are compared by point AUC only, and say so.
+"A > B" only when its 95% CI excludes 0. The published rows have no per-sample data, so no
+ordering is claimed for them, and the table says so.
 
 Writes benchmarks/results/attacks.json (attacks-quick.json with --quick; models not re-run
 keep their earlier entries), the scores file, the "Attacks" section of docs/benchmarks.md and
@@ -292,24 +292,21 @@ PAIRS = [("sima", "pia"), ("sima", "secmi")] + [(hi, lo) for hi in ("sima", "pia
 COMPARED = PAIRS + [("sima", a) for a in ALL_ATTACK_NAMES if a != "sima" and ("sima", a) not in PAIRS]
 
 
-def _ordering(rows: list[dict], comparisons: list[dict] | None) -> tuple[list[str], list[str], list[str], list[str]]:
+def _ordering(rows: list[dict], comparisons: list[dict]) -> tuple[list[str], list[str], list[str], list[str]]:
     """(reversed pairs, pairs not shown apart, pairs not compared, attacks not run) of the published
     ordering, over the pairs whose two attacks were both run.
 
-    With ``comparisons`` (ours), a pair counts by the 95% CI of its paired AUC difference: reversed
-    when the CI lies below 0, shown apart when above. Without (the published rows, which have no
-    per-sample data), by point AUC.
+    A pair counts by the 95% CI of its paired AUC difference: reversed when the CI lies below 0,
+    shown apart when above. Point AUCs alone never order a pair.
     """
     auc = {r["attack"]: r["auc"]["value"] for r in rows if r["auc"]["value"] is not None}
     missing = [DISPLAY[a] for a in DISPLAY if a not in auc]
-    tested = None if comparisons is None else {(c["attack_a"], c["attack_b"]): c["auc_difference"] for c in comparisons}
+    tested = {(c["attack_a"], c["attack_b"]): c["auc_difference"] for c in comparisons}
     reversed_, unshown, uncompared = [], [], []
     for hi, lo in PAIRS:
         if hi not in auc or lo not in auc:
             continue
-        if tested is None:
-            below, above = auc[hi] < auc[lo], auc[hi] > auc[lo]
-        elif (hi, lo) in tested:
+        if (hi, lo) in tested:
             d = tested[(hi, lo)]
             below, above = d["ci_high"] < 0, d["ci_low"] > 0
         else:
@@ -319,24 +316,23 @@ def _ordering(rows: list[dict], comparisons: list[dict] | None) -> tuple[list[st
             reversed_.append(f"{DISPLAY[hi]} < {DISPLAY[lo]}")
         elif lo in ("loss", "pfami") and not above:
             # Only the strict "above Loss and PFAMI" pairs need a shown difference.
-            unshown.append(f"{DISPLAY[hi]} {'=' if tested is None else '≈'} {DISPLAY[lo]}")
+            unshown.append(f"{DISPLAY[hi]} ≈ {DISPLAY[lo]}")
     return reversed_, unshown, uncompared, missing
 
 
-def _point_only(rows: list[dict], comparisons: list[dict] | None) -> bool:
+def _point_only(rows: list[dict], comparisons: list[dict]) -> bool:
     """True for one of our models run before per-sample scores were stored: no pair can be tested."""
     run = {r["attack"] for r in rows}
-    return comparisons is not None and not comparisons and any(a in run and b in run for a, b in COMPARED)
+    return not comparisons and any(a in run and b in run for a, b in COMPARED)
 
 
-def ordering_note(rows: list[dict], comparisons: list[dict] | None = None) -> str:
+def ordering_note(rows: list[dict], comparisons: list[dict]) -> str:
     """Whether SimA is not below PIA and SecMI, and all three are above Loss and PFAMI."""
     if _point_only(rows, comparisons):
-        return ("No paired test is possible here: this model's per-sample scores were not stored. By point AUC "
-                "only (not a tested difference): " + ordering_note(rows).split(": ", 1)[1])
+        return ("No paired test is possible here: this model's per-sample scores were not stored, so no ordering "
+                "of its attacks is claimed.")
     reversed_, unshown, uncompared, missing = _ordering(rows, comparisons)
-    basis = ("by point AUC" if comparisons is None else
-             "by a paired bootstrap of each AUC difference on the same report half (95% CI)")
+    basis = "by a paired bootstrap of each AUC difference on the same report half (95% CI)"
     extra = ""
     if uncompared:
         extra += f" Not compared (no per-sample scores stored): {', '.join(uncompared)}."
@@ -345,8 +341,7 @@ def ordering_note(rows: list[dict], comparisons: list[dict] | None = None) -> st
     if reversed_:
         return f"The published ordering does not hold here {basis}: " + "; ".join(reversed_ + unshown) + "." + extra
     if unshown:
-        word = "tie" if comparisons is None else "are not distinguishable at 95%"
-        return (f"No pair is reversed {basis}, but these {word}, so the ordering is not shown: "
+        return (f"No pair is reversed {basis}, but these are not distinguishable at 95%, so the ordering is not shown: "
                 + "; ".join(unshown) + "." + extra)
     if missing or uncompared:
         return f"No pair that was compared is reversed {basis}." + extra
@@ -354,14 +349,14 @@ def ordering_note(rows: list[dict], comparisons: list[dict] | None = None) -> st
             "Loss and PFAMI.")
 
 
-def ordering_short(rows: list[dict], comparisons: list[dict] | None = None) -> str:
+def ordering_short(rows: list[dict], comparisons: list[dict]) -> str:
     if _point_only(rows, comparisons):
-        return "no paired test (no per-sample scores); point AUC: " + ordering_short(rows)
+        return "not tested (no per-sample scores stored)"
     reversed_, unshown, uncompared, missing = _ordering(rows, comparisons)
     if reversed_:
         text = "no: " + ", ".join(reversed_)
     elif unshown:
-        text = ("ties: " if comparisons is None else "not shown: ") + ", ".join(unshown)
+        text = "not shown: " + ", ".join(unshown)
     else:
         text = "yes"
     if uncompared:
@@ -490,13 +485,13 @@ def headline(payload: dict) -> str:
         mode = ", caption mode" if entry.get("condition") else ""
         lines.append(f"| {name} (ours{mode}) | " + " | ".join(cell(rows, a) for a in DISPLAY) + f" | {verdict} |")
     for name, row in PUBLISHED.items():
-        # the paper's own rows go through the same check: the ordering is not universal there either
-        verdict = ordering_short([{"attack": a, "auc": {"value": row[a][0]}} for a in DISPLAY])
+        # an ordering is claimed only from a paired test, which the paper's point AUCs do not allow
+        verdict = "not tested (published point AUCs)"
         lines.append(f"| {name} (published) | " + " | ".join(f"{row[a][0]:.3f} / {row[a][1]:.3f}" for a in DISPLAY)
                      + f" | {verdict} |")
     lines += ["", "Ordering, ours: each pair by a paired bootstrap of its AUC difference on the same report half "
               "(95% CI; \"≈\": not distinguishable at 95%). Published rows: point AUCs only; without their "
-              "per-sample scores no paired test is possible, so a difference there is not a tested one."]
+              "per-sample scores no paired test is possible, so no ordering is claimed for them."]
     return "\n".join(lines)
 
 
