@@ -464,6 +464,8 @@ def test_one_audit_reports_caption_and_empty_conditions_in_the_card(folders, ima
     results = _run(capsys, "audit", "--model", str(folders["sd1"]), "--members", str(members), "--nonmembers",
                    str(nonmembers), "--captions", str(table), "--condition", "caption,empty", "--attack", "sima,gap",
                    "--timesteps", "20", "--bootstrap", "0", "--card", str(card), "--out", str(tmp_path / "out"))
+    assert results["comparisons"] == []  # no bootstrap resamples, so no paired comparison
+    results = results["audits"]
     assert [(r["attack"], r["extra"]["condition"]) for r in results] == [("sima", "caption"), ("gap", "caption"), ("sima", "empty")]
     text = card.read_text()
     assert "| attack | condition | chosen t |" in text and "| gap | caption | 20 |" in text and "| sima | empty | 20 |" in text
