@@ -33,7 +33,7 @@ from core.conditioning import EMPTY_KEY, Conditioning, caption_key
 from core.errors import ModelError
 from core.hashing import fingerprint_tensors
 from core.models import loading
-from core.models.latent import LatentModel, check_latent_configs, planned_scaling, read_vae_config
+from core.models.latent import LatentModel, check_latent_configs, plan_vae, planned_scaling, read_vae_config
 from core.models.pixel import check_unet_config
 
 #: The text encoder classes a pipeline folder may name; nothing else is ever instantiated.
@@ -60,16 +60,6 @@ def clip_names(names: list[str], meta: torch.nn.Module) -> dict[str, str]:
     if any(k.startswith(prefix) for k in meta.state_dict()):
         return {n: n for n in names}
     return {n: n.removeprefix(prefix) for n in names}
-
-
-def legacy_attention_names(names: list[str], meta: torch.nn.Module) -> dict[str, str]:
-    """Old diffusers checkpoints (the Stable Diffusion VAEs among them) name the VAE's attention
-    layers query/key/value/proj_attn; diffusers renames them on load, and so do we, with its
-    own mapping."""
-    fix = getattr(meta, "_fix_state_dict_keys_on_load", None)
-    if fix is None:
-        return {n: n for n in names}
-    return {old: new for new, old in fix({n: n for n in names}).items()}
 
 
 def _text_encoder_class(name: str, folder: Path) -> type:
@@ -228,8 +218,7 @@ class TextToImageModel(LatentModel):
         check_unet_config(unet_config, unet_dir / "config.json")
         check_latent_configs(vae_config, unet_config, str(vae_dir / "config.json"), str(unet_dir / "config.json"))
         components = {
-            "vae": loading.plan_component(diffusers.AutoencoderKL, vae_dir, allow_pickle=allow_pickle, root=folder,
-                                          config=vae_config, rename=legacy_attention_names),
+            "vae": plan_vae(folder, vae_config, allow_pickle=allow_pickle),
             "unet": loading.plan_component(diffusers.UNet2DConditionModel, unet_dir, allow_pickle=allow_pickle,
                                            root=folder, config=unet_config),
         }

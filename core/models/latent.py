@@ -42,6 +42,26 @@ def read_vae_config(folder: Path, kinds: tuple[str, ...]) -> dict:
     return config
 
 
+def legacy_attention_names(names: list[str], meta: torch.nn.Module) -> dict[str, str]:
+    """Old diffusers checkpoints (the Stable Diffusion VAEs among them) name the VAE's attention
+    layers query/key/value/proj_attn; diffusers renames them on load, and so do we, with its
+    own mapping."""
+    fix = getattr(meta, "_fix_state_dict_keys_on_load", None)
+    if fix is None:
+        return {n: n for n in names}
+    return {old: new for new, old in fix({n: n for n in names}).items()}
+
+
+def plan_vae(folder: Path, vae_config: dict, *, allow_pickle: bool) -> loading.ComponentPlan:
+    """``folder/vae`` planned from its config (read and checked by :func:`read_vae_config`), for
+    every latent family, with old attention tensor names mapped to the network's."""
+    import diffusers
+
+    cls = getattr(diffusers, vae_config.get("_class_name", "AutoencoderKL"))
+    return loading.plan_component(cls, folder / "vae", allow_pickle=allow_pickle, root=folder, config=vae_config,
+                                  rename=legacy_attention_names)
+
+
 def _size(value) -> int:
     return int(value if isinstance(value, int) else value[0])
 
@@ -116,12 +136,11 @@ class LatentModel(DiffusionModel):
             raise ModelError(f"{folder} has vae/ but no unet/config.json; a latent model needs both.")
         vae_path, unet_path = vae_dir / "config.json", unet_dir / "config.json"
         vae_config = read_vae_config(folder, AUTOENCODERS)
-        kind = vae_config.get("_class_name", "AutoencoderKL")
         unet_config = loading.read_json(unet_path, root=folder)
         check_unet_config(unet_config, unet_path)
         check_latent_configs(vae_config, unet_config, str(vae_path), str(unet_path))
         components = {
-            "vae": loading.plan_component(getattr(diffusers, kind), vae_dir, allow_pickle=allow_pickle, root=folder, config=vae_config),
+            "vae": plan_vae(folder, vae_config, allow_pickle=allow_pickle),
             "unet": loading.plan_component(diffusers.UNet2DModel, unet_dir, allow_pickle=allow_pickle, root=folder, config=unet_config),
         }
         return loading.ModelPlan(folder, components, *loading.read_schedule(folder))

@@ -18,8 +18,7 @@ import torch
 from core.conditioning import EMPTY_KEY, Conditioning, label_key
 from core.errors import DataError, ModelError
 from core.models import loading
-from core.models.conditional import legacy_attention_names
-from core.models.latent import LatentModel, check_latent_configs, planned_scaling, read_vae_config
+from core.models.latent import LatentModel, check_latent_configs, plan_vae, planned_scaling, read_vae_config
 from core.models.pixel import check_unet_config
 
 DIT_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")
@@ -62,8 +61,7 @@ class ClassConditionalModel(LatentModel):
         check_unet_config(config, dit_dir / "config.json")
         check_latent_configs(vae_config, config, str(vae_dir / "config.json"), str(dit_dir / "config.json"))
         components = {
-            "vae": loading.plan_component(diffusers.AutoencoderKL, vae_dir, allow_pickle=allow_pickle, root=folder,
-                                          config=vae_config, rename=legacy_attention_names),
+            "vae": plan_vae(folder, vae_config, allow_pickle=allow_pickle),
             "transformer": loading.plan_component(diffusers.DiTTransformer2DModel, dit_dir, allow_pickle=allow_pickle,
                                                   root=folder, config=config),
         }
