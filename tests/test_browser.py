@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,28 @@ def _start_if_asked(page) -> None:
         start.first.click()
 
 
+@contextmanager
+def _app_page(server: str):
+    """A Chromium page on the app, its first page rendered; on leaving, the browser is closed and
+    every request it made is checked to have stayed on this machine."""
+    from playwright.sync_api import sync_playwright
+
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(server)
+            page.get_by_role("heading", name="Check an image").wait_for(timeout=90_000)
+            _settle(page)
+            yield page
+        finally:
+            browser.close()
+    outside = sorted({url for url in requests if not url.startswith((server, "data:", "blob:"))})
+    assert not outside, f"the app fetched from outside this machine: {outside[:5]}"
+
+
 def _open(page, title: str) -> None:
     page.get_by_role("link", name=title, exact=True).click()
     page.get_by_role("heading", level=1).filter(has_text=title.split()[0]).wait_for(timeout=60_000)
@@ -158,101 +181,85 @@ def _no_error_shown(page) -> None:
 
 
 def test_the_app_in_a_real_browser(server, tmp_path, capsys):
-    from playwright.sync_api import sync_playwright
+    with _app_page(server) as page:
+        # Check an image: upload a member and a held-out example.
+        files = _example_files(tmp_path)
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files([str(f) for f in files])
+        _start_if_asked(page)
+        page.get_by_text("as the model sees it").first.wait_for(timeout=RUN_TIMEOUT_MS)
+        _settle(page)
+        verdicts = page.get_by_text("Likely a member").count() + page.get_by_text("Not flagged").count()
+        assert verdicts >= 2, "each uploaded image should get a verdict"
+        assert page.get_by_text(files[0].name).count() >= 1
+        _no_error_shown(page)
+        _screenshot(page, "1-check-an-image")
 
-    requests: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.on("request", lambda request: requests.append(request.url))
-            page.goto(server)
-            page.get_by_role("heading", name="Check an image").wait_for(timeout=90_000)
+        # Timestep explorer: the slider moves the marked t.
+        _open(page, "Timestep explorer")
+        thumb = page.locator('[data-testid="stSliderThumbValue"]').first
+        before = thumb.inner_text()
+        slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
+        slider.focus()
+        at_end = slider.get_attribute("value") == slider.get_attribute("max")
+        slider.press("ArrowLeft" if at_end else "ArrowRight")
+        _settle(page)
+        after = thumb.inner_text()
+        assert after != before, "the slider did not move"
+        page.get_by_text(f"Distributions at t = {after}").wait_for(timeout=30_000)
+        _no_error_shown(page)
+        _screenshot(page, "2-timestep-explorer")
+
+        _open(page, "Audit a dataset")
+        page.get_by_text("Result at t =").wait_for(timeout=RUN_TIMEOUT_MS)
+        _no_error_shown(page)
+        _screenshot(page, "3-audit-a-dataset")
+
+        _open(page, "Local mean")
+        page.get_by_text("heaviest neighbours").wait_for(timeout=60_000)
+        _no_error_shown(page)
+        _screenshot(page, "4-local-mean")
+
+        # Compare attacks starts cheap: the two one-query attacks on a subset.
+        _open(page, "Compare attacks")
+        for name in ("SimA", "Loss"):
+            assert page.get_by_role("button", name=f"Remove {name}", exact=True).count() == 1
+        for name in ("SimA-MC", "PIA", "PIAN", "SecMI", "PFAMI"):
+            assert page.get_by_role("button", name=f"Remove {name}", exact=True).count() == 0
+        page.get_by_text("timed on one batch of each attack").wait_for(timeout=RUN_TIMEOUT_MS)
+        page.get_by_role("button", name="Run the comparison").click()
+        page.get_by_text("Higher and further left is better").wait_for(timeout=RUN_TIMEOUT_MS)
+        _settle(page)
+        legend = {text.split(" (")[0] for text in page.locator(".legendtext").all_text_contents()}
+        assert {"sima", "loss"} <= legend and "pfami" not in legend
+        _no_error_shown(page)
+        _screenshot(page, "5-compare-attacks")
+
+        # A long run can be stopped from the page (the minimal toolbar hides Streamlit's own Stop).
+        page.get_by_role("button", name="Remove Loss", exact=True).click()
+        _settle(page)
+        page.get_by_label("Images per group", exact=True).fill("256")
+        page.get_by_label("Images per group", exact=True).press("Enter")
+        _settle(page)
+        page.get_by_role("button", name="Run the comparison").click()
+        stop = page.get_by_role("button", name="Stop: scoring with SimA")
+        stop.wait_for(timeout=60_000)
+        _screenshot(page, "5b-compare-running")
+        stop.click()
+        page.get_by_text("was stopped").wait_for(timeout=60_000)
+        assert page.get_by_role("button", name="Run it again").count() == 1
+        _no_error_shown(page)
+
+        _open(page, "Latent bottleneck")
+        if page.get_by_role("button", name="Audit the pixel and latent models").count():
+            page.get_by_role("button", name="Audit the pixel and latent models").click()
+            page.get_by_text("How to read this").wait_for(timeout=RUN_TIMEOUT_MS)
             _settle(page)
+        _no_error_shown(page)
+        _screenshot(page, "6-pixel-vs-latent")
 
-            # Check an image: upload a member and a held-out example.
-            files = _example_files(tmp_path)
-            page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files([str(f) for f in files])
-            _start_if_asked(page)
-            page.get_by_text("as the model sees it").first.wait_for(timeout=RUN_TIMEOUT_MS)
-            _settle(page)
-            verdicts = page.get_by_text("Likely a member").count() + page.get_by_text("Not flagged").count()
-            assert verdicts >= 2, "each uploaded image should get a verdict"
-            assert page.get_by_text(files[0].name).count() >= 1
-            _no_error_shown(page)
-            _screenshot(page, "1-check-an-image")
-
-            # Timestep explorer: the slider moves the marked t.
-            _open(page, "Timestep explorer")
-            thumb = page.locator('[data-testid="stSliderThumbValue"]').first
-            before = thumb.inner_text()
-            slider = page.locator('[data-testid="stSlider"] input[type="range"]').first
-            slider.focus()
-            at_end = slider.get_attribute("value") == slider.get_attribute("max")
-            slider.press("ArrowLeft" if at_end else "ArrowRight")
-            _settle(page)
-            after = thumb.inner_text()
-            assert after != before, "the slider did not move"
-            page.get_by_text(f"Distributions at t = {after}").wait_for(timeout=30_000)
-            _no_error_shown(page)
-            _screenshot(page, "2-timestep-explorer")
-
-            _open(page, "Audit a dataset")
-            page.get_by_text("Result at t =").wait_for(timeout=RUN_TIMEOUT_MS)
-            _no_error_shown(page)
-            _screenshot(page, "3-audit-a-dataset")
-
-            _open(page, "Local mean")
-            page.get_by_text("heaviest neighbours").wait_for(timeout=60_000)
-            _no_error_shown(page)
-            _screenshot(page, "4-local-mean")
-
-            # Compare attacks starts cheap: the two one-query attacks on a subset.
-            _open(page, "Compare attacks")
-            for name in ("SimA", "Loss"):
-                assert page.get_by_role("button", name=f"Remove {name}", exact=True).count() == 1
-            for name in ("SimA-MC", "PIA", "PIAN", "SecMI", "PFAMI"):
-                assert page.get_by_role("button", name=f"Remove {name}", exact=True).count() == 0
-            page.get_by_text("timed on one batch of each attack").wait_for(timeout=RUN_TIMEOUT_MS)
-            page.get_by_role("button", name="Run the comparison").click()
-            page.get_by_text("Higher and further left is better").wait_for(timeout=RUN_TIMEOUT_MS)
-            _settle(page)
-            legend = {text.split(" (")[0] for text in page.locator(".legendtext").all_text_contents()}
-            assert {"sima", "loss"} <= legend and "pfami" not in legend
-            _no_error_shown(page)
-            _screenshot(page, "5-compare-attacks")
-
-            # A long run can be stopped from the page (the minimal toolbar hides Streamlit's own Stop).
-            page.get_by_role("button", name="Remove Loss", exact=True).click()
-            _settle(page)
-            page.get_by_label("Images per group", exact=True).fill("256")
-            page.get_by_label("Images per group", exact=True).press("Enter")
-            _settle(page)
-            page.get_by_role("button", name="Run the comparison").click()
-            stop = page.get_by_role("button", name="Stop: scoring with SimA")
-            stop.wait_for(timeout=60_000)
-            _screenshot(page, "5b-compare-running")
-            stop.click()
-            page.get_by_text("was stopped").wait_for(timeout=60_000)
-            assert page.get_by_role("button", name="Run it again").count() == 1
-            _no_error_shown(page)
-
-            _open(page, "Latent bottleneck")
-            if page.get_by_role("button", name="Audit the pixel and latent models").count():
-                page.get_by_role("button", name="Audit the pixel and latent models").click()
-                page.get_by_text("How to read this").wait_for(timeout=RUN_TIMEOUT_MS)
-                _settle(page)
-            _no_error_shown(page)
-            _screenshot(page, "6-pixel-vs-latent")
-
-            _open(page, "About")
-            assert page.locator(".katex").count() >= 5, "the formulas did not render"
-            _screenshot(page, "7-about")
-        finally:
-            browser.close()
-
-    outside = sorted({url for url in requests if not url.startswith((server, "data:", "blob:"))})
-    assert not outside, f"the app fetched from outside this machine: {outside[:5]}"
+        _open(page, "About")
+        assert page.locator(".katex").count() >= 5, "the formulas did not render"
+        _screenshot(page, "7-about")
     assert len(list(SHOTS.glob("*.png"))) >= 7
 
 
@@ -260,7 +267,6 @@ def test_the_check_page_scores_an_upload_with_a_typed_caption_on_the_captioned_d
     """Pick the text-to-image demo, upload one of its members, type its caption into the
     table, and get a score and verdict conditioned on that caption."""
     from PIL import Image
-    from playwright.sync_api import sync_playwright
 
     from core.datasets import digit_captions, digits_uint8
     from core.models.registry import DEMO_DIR, read_manifest
@@ -270,39 +276,27 @@ def test_the_check_page_scores_an_upload_with_a_typed_caption_on_the_captioned_d
     caption = digit_captions([member])[0]
     path = tmp_path / f"{member}.png"
     Image.fromarray(digits_uint8(16)[int(member.split("-")[-1])]).save(path)
-    requests: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.on("request", lambda request: requests.append(request.url))
-            page.goto(server)
-            page.get_by_role("heading", name="Check an image").wait_for(timeout=90_000)
-            _settle(page)
-            page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
-            page.get_by_role("option", name=name, exact=True).click()
-            _settle(page)
-            page.get_by_text("Condition on").wait_for(timeout=60_000)
+    with _app_page(server) as page:
+        page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').first.click()
+        page.get_by_role("option", name=name, exact=True).click()
+        _settle(page)
+        page.get_by_text("Condition on").wait_for(timeout=60_000)
 
-            page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files([str(path)])
-            page.get_by_text("Type a caption for").wait_for(timeout=RUN_TIMEOUT_MS)
-            _settle(page)  # an edit made while the script still runs is lost when it redraws the table
-            # The caption column of the table's only row: a click selects the cell, typing edits it.
-            grid = page.locator('[data-testid="stDataFrame"]').first
-            box = grid.bounding_box()
-            page.mouse.dblclick(box["x"] + box["width"] * 0.75, box["y"] + 35 + 17)
-            page.wait_for_timeout(500)
-            page.keyboard.insert_text(caption)  # at once: a key typed while the cell editor opens is lost
-            page.keyboard.press("Enter")
-            _screenshot(page, "8-check-caption-typed")
-            _start_if_asked(page)
-            page.get_by_text(f"Conditioned on “{caption}”").wait_for(timeout=RUN_TIMEOUT_MS)
-            _settle(page)
-            verdicts = page.get_by_text("Likely a member").count() + page.get_by_text("Not flagged").count()
-            assert verdicts >= 1, "the uploaded image should get a verdict"
-            _no_error_shown(page)
-            _screenshot(page, "9-check-with-a-caption")
-        finally:
-            browser.close()
-    outside = sorted({url for url in requests if not url.startswith((server, "data:", "blob:"))})
-    assert not outside, f"the app fetched from outside this machine: {outside[:5]}"
+        page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files([str(path)])
+        page.get_by_text("Type a caption for").wait_for(timeout=RUN_TIMEOUT_MS)
+        _settle(page)  # an edit made while the script still runs is lost when it redraws the table
+        # The caption column of the table's only row: a click selects the cell, typing edits it.
+        grid = page.locator('[data-testid="stDataFrame"]').first
+        box = grid.bounding_box()
+        page.mouse.dblclick(box["x"] + box["width"] * 0.75, box["y"] + 35 + 17)
+        page.wait_for_timeout(500)
+        page.keyboard.insert_text(caption)  # at once: a key typed while the cell editor opens is lost
+        page.keyboard.press("Enter")
+        _screenshot(page, "8-check-caption-typed")
+        _start_if_asked(page)
+        page.get_by_text(f"Conditioned on “{caption}”").wait_for(timeout=RUN_TIMEOUT_MS)
+        _settle(page)
+        verdicts = page.get_by_text("Likely a member").count() + page.get_by_text("Not flagged").count()
+        assert verdicts >= 1, "the uploaded image should get a verdict"
+        _no_error_shown(page)
+        _screenshot(page, "9-check-with-a-caption")
