@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator
 
 from core.data import IMAGE_EXTENSIONS, MAX_ARCHIVE_BYTES, load_images
-from core.images import ImageProblem, LoadedImages, load_image
+from core.images import ImageProblem, LoadedImages, load_image, stack_images
 from core.errors import ImageError
 
 SHARD_SUFFIXES = (".parquet", ".tar")
@@ -132,10 +132,7 @@ def load_unit(unit: Unit, *, channels: int, size: tuple[int, int]) -> LoadedImag
         tensors.append(tensor)
         ids.append(name)
         notes.append(note)
-    import torch
-
-    images = torch.stack(tensors) if tensors else torch.empty((0, channels, *size), dtype=torch.float32)
-    return LoadedImages(images, ids, notes, errors)
+    return LoadedImages(stack_images(tensors, channels, *size), ids, notes, errors)
 
 
 def iter_units(spec: str, *, channels: int, size: tuple[int, int], chunk: int) -> Iterator[LoadedImages]:
