@@ -417,7 +417,7 @@ def _fit_vae(cfg: dict, ckpt: Checkpoints, clock: Callable[[], float], progress:
                                      settings, int(cfg["seed"]), ckpt, clock, progress)
     # unit-variance latents, as LDMs use, measured on the autoencoder's own digits: of the posterior
     # means, or of posterior samples (mean spread plus posterior variance) when the DDPM trains on samples
-    mean, std = posterior_stats(vae, vae_images)
+    mean, std = (part.to(torch.float64) for part in posterior_stats(vae, vae_images))
     variance = mean.var() + (std.pow(2).mean() if settings["latents"] == "sample" else 0.0)
     vae.register_to_config(scaling_factor=float(1.0 / variance.sqrt()))
     summary["vae_train_ids"] = vae_ids
@@ -425,16 +425,10 @@ def _fit_vae(cfg: dict, ckpt: Checkpoints, clock: Callable[[], float], progress:
 
 
 def posterior_stats(vae: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unscaled posterior means E[z | x] and standard deviations of a VAE, in float64, computed in batches."""
+    """Unscaled posterior means E[z | x] and standard deviations of a VAE, computed in batches."""
     with torch.no_grad():
         dists = [vae.encode(images[i:i + batch_size]).latent_dist for i in range(0, len(images), batch_size)]
-    return (torch.cat([d.mean for d in dists]).to(torch.float64), torch.cat([d.std for d in dists]).to(torch.float64))
-
-
-def posterior_means(vae: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Unscaled posterior means E[z | x] of a VAE, computed in batches."""
-    with torch.no_grad():
-        return torch.cat([vae.encode(images[i:i + batch_size]).latent_dist.mean for i in range(0, len(images), batch_size)])
+    return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
 
 
 # ----------------------------------------------------------------------------- the entry point
@@ -515,7 +509,7 @@ def _train_networks(cfg: dict, members: torch.Tensor, ckpt: Checkpoints, clock: 
     seed, vae, data_space, spread = int(cfg["seed"]), None, members, None
     if cfg["kind"] == "latent":
         vae = _fit_vae(cfg, ckpt, clock, progress, summary)
-        mean, std = posterior_stats(vae, members)
+        mean, std = (part.to(torch.float64) for part in posterior_stats(vae, members))
         data_space = (vae.config.scaling_factor * mean).to(torch.float32)
         if cfg["vae_train"]["latents"] == "sample":
             spread = (vae.config.scaling_factor * std).to(torch.float32)
@@ -561,7 +555,7 @@ def _train_text(cfg: dict, split, ckpt: Checkpoints, clock: Callable[[], float],
     index = torch.tensor([prompts.index(c) for c in captions])
 
     def latents(ids: list[str]) -> torch.Tensor:
-        return (scale * posterior_means(vae, datasets.digits_by_ids(ids, data["size"]))).to(torch.float32)
+        return (scale * posterior_stats(vae, datasets.digits_by_ids(ids, data["size"]))[0]).to(torch.float32)
 
     members = latents(split.member_ids)
     abar = scheduler.alphas_cumprod.to(torch.float32)
