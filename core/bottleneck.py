@@ -97,6 +97,16 @@ def _against(row: dict, pixel: dict) -> str:
     return f"not distinguishable from the pixel model's {pixel['auc']:.3f}"
 
 
+def quality_kept_rows(payload: dict) -> list[dict]:
+    """The rows (by beta) whose samples kept the pixel model's quality (:func:`quality_kept`)."""
+    return [r for r in sorted(payload["rows"], key=lambda r: r["beta"]) if quality_kept(r, payload["pixel"])]
+
+
+def least_leaky_kept(payload: dict) -> dict | None:
+    """The row with the lowest AUC among those that kept their quality; None when none did."""
+    return min(quality_kept_rows(payload), key=lambda r: r["auc"], default=None)
+
+
 def _betas(rows: list[dict]) -> str:
     return ", ".join(f"{r['beta']:g}" for r in rows)
 
@@ -110,10 +120,9 @@ def recommendation(payload: dict) -> str:
     d = direction(payload)
     rows = sorted(payload["rows"], key=lambda r: r["beta"])
     pixel = payload["pixel"]
-    good = [r for r in rows if quality_kept(r, pixel)]
+    good, best = quality_kept_rows(payload), least_leaky_kept(payload)
     parts = []
-    if good:
-        best = min(good, key=lambda r: r["auc"])
+    if best is not None:
         parts.append(
             f"Of the latent models whose samples kept at least {QUALITY_KEPT:.0%} of the pixel model's precision and "
             f"recall (beta = {_betas(good)}), the least leaky is beta = {best['beta']:g}: "
