@@ -87,10 +87,12 @@ def copy_ratio(generated: torch.Tensor, members: torch.Tensor, heldout: torch.Te
     """
     if len(members) != len(heldout):
         raise SimaError(f"copy_ratio needs as many held-out images as members, got {len(heldout)} and {len(members)}.")
-    g = generated.flatten(1).to(torch.float64)
-    to_members = torch.cdist(g, members.flatten(1).to(torch.float64)).min(1).values
-    to_heldout = torch.cdist(g, heldout.flatten(1).to(torch.float64)).min(1).values
-    return (to_members / to_heldout).numpy()
+    return (nearest_distance(generated, members) / nearest_distance(generated, heldout)).numpy()
+
+
+def nearest_distance(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Each image's pixel (L2) distance to its nearest reference image, in float64."""
+    return torch.cdist(images.flatten(1).to(torch.float64), reference.flatten(1).to(torch.float64)).min(1).values
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,6 @@ def sample_quality(model, members: torch.Tensor, heldout: torch.Tensor, *, n: in
     real, fake = features(heldout, generated)
     precision, recall = precision_recall(real, fake, k)
     ratio = copy_ratio(generated, members, heldout[: len(members)])
-    nearest = torch.cdist(generated.flatten(1).to(torch.float64), members.flatten(1).to(torch.float64)).min(1).values
     return Quality(precision=precision, recall=recall, copy_ratio_median=float(np.median(ratio)),
-                   nearest_member_distance_median=float(nearest.median()), samples=n,
+                   nearest_member_distance_median=float(nearest_distance(generated, members).median()), samples=n,
                    sampler=f"DDIM eta 0, {steps} steps, seed {seed}; PCA-32 pixel features of the held-out images, k = {k}")
