@@ -242,6 +242,12 @@ def auc_curves_figure(results: Mapping[str, object], *, current_t: int | None = 
     return _layout(fig, None, height, xaxis=dict(title="timestep t"), yaxis=dict(title="AUC (report half)", range=[0.4, 1.02]))
 
 
+def _auc_bars(points: Sequence[Mapping]) -> dict:
+    """Error bars from each point's AUC to its 95% CI ends (keys auc, ci_low, ci_high)."""
+    return dict(type="data", symmetric=False, array=[p["ci_high"] - p["auc"] for p in points],
+                arrayminus=[p["auc"] - p["ci_low"] for p in points])
+
+
 def bottleneck_figure(study: Mapping, height: int = 560) -> go.Figure:
     """The latent bottleneck study: leakage (AUC with 95% CIs) and what it costs (sample precision
     and recall, reconstruction error, of the models trained on posterior samples) against the
@@ -263,8 +269,7 @@ def bottleneck_figure(study: Mapping, height: int = 560) -> go.Figure:
             continue
         fig.add_trace(go.Scatter(
             x=[r["beta"] for r in points], y=[r["auc"] for r in points], mode="lines+markers", name=name,
-            error_y=dict(type="data", symmetric=False, array=[r["ci_high"] - r["auc"] for r in points],
-                         arrayminus=[r["auc"] - r["ci_low"] for r in points]),
+            error_y=_auc_bars(points),
             line=dict(color=NONMEMBER, width=3, dash=dash), hovertemplate="beta %{x:g}: AUC %{y:.3f}<extra></extra>"),
             row=1, col=1)
     for i, (key, label) in enumerate((("precision", "sample precision"), ("recall", "sample recall"))):
@@ -288,8 +293,7 @@ def learning_curve_figure(curve: Sequence[Mapping], height: int = 360) -> go.Fig
     steps = [p["step"] for p in curve]
     fig = go.Figure(go.Scatter(
         x=steps, y=[p["auc"] for p in curve], mode="lines+markers", name="SimA AUC (report half)",
-        error_y=dict(type="data", symmetric=False, array=[p["ci_high"] - p["auc"] for p in curve],
-                     arrayminus=[p["auc"] - p["ci_low"] for p in curve]),
+        error_y=_auc_bars(curve),
         line=dict(color=MEMBER, width=3), hovertemplate="step %{x}: AUC %{y:.3f}<extra></extra>"))
     fig.add_hline(y=0.5, line=dict(color=CURRENT, dash="dot", width=1))
     return _layout(fig, None, height, xaxis=dict(title="training steps (batch 32)"),
