@@ -217,11 +217,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.card:
         write_card(Path(args.card), results, "sima " + " ".join(args.argv))
     if args.json:
-        payload = [r.to_dict() for r in results]
-        if len(payload) > 1:
-            # several attacks: each audit, and every "A is stronger than B" decided by a paired bootstrap
-            payload = {"audits": payload, "comparisons": [c.to_dict() for c in comparisons(results)]}
-        print(json.dumps(payload[0] if isinstance(payload, list) else payload, indent=2))
+        audits = [r.to_dict() for r in results]
+        # several attacks: each audit, and every "A is stronger than B" decided by a paired bootstrap
+        payload = audits[0] if len(audits) == 1 else {
+            "audits": audits, "comparisons": [c.to_dict() for c in comparisons(results)]}
+        print(json.dumps(payload, indent=2))
         baseline = results[0].blind_baseline
         if baseline is not None and baseline.separable:
             _warn(baseline.warning())
