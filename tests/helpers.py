@@ -4,21 +4,14 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.hostile import TINY_UNET
+
 
 def tiny_unet(channels: int = 3, size: int = 8, out_channels: int | None = None, seed: int = 0):
     from diffusers import UNet2DModel
 
     torch.manual_seed(seed)
-    return UNet2DModel(
-        sample_size=size,
-        in_channels=channels,
-        out_channels=out_channels or channels,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-    ).eval()
+    return UNet2DModel(sample_size=size, in_channels=channels, out_channels=out_channels or channels, **TINY_UNET).eval()
 
 
 def save_tiny_pixel_model(folder: Path, *, layout: str = "pipeline", prediction_type: str = "epsilon",

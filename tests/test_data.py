@@ -1,4 +1,4 @@
-"""core.data, core.images and core.splits: every hostile or odd file is generated in code (builders in tests/hostile.py),
+"""core.data, core.images and core.splits: every hostile or odd file is generated in code (builders in benchmarks/hostile.py),
 never committed as a binary."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from core.data import load_images
 from core.images import ImageProblem, LoadedImages, images_from_array, load_image, to_uint8_image
 from core.splits import SplitManifest, make_split
 from core.errors import DataError, ImageError
-from tests.hostile import (
+from benchmarks.hostile import (
     BLUE,
     GREEN,
     RED,

@@ -17,7 +17,7 @@ from PIL import Image
 
 from core.data import load_images
 from core.images import load_image
-from tests.hostile import random_pixels
+from benchmarks.hostile import random_pixels
 from core.errors import ImageError
 
 # Pillow warns about the damaged TIFF tags it skips; damage is the point here

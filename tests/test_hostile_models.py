@@ -30,7 +30,7 @@ import core
 from core.errors import ModelError
 from core.models import loading
 from core.models.registry import DEMO_DIR, plan_model
-from tests.hostile import ROOT, cli_env, score_each
+from benchmarks.hostile import ROOT, cli_env, score_each
 
 DEMO = DEMO_DIR / "digits-ddpm-memorising"
 WEIGHTS = "unet/diffusion_pytorch_model.safetensors"

@@ -21,7 +21,7 @@ from core.audit import assemble_result, run_audit, split_halves
 from core.data import IMAGE_EXTENSIONS, load_images
 from core.errors import DataError
 from core.models.empirical import EmpiricalDenoiser
-from tests.hostile import (
+from benchmarks.hostile import (
     LOADED,
     REFUSED,
     SIZE,

@@ -11,7 +11,7 @@ scores the whole corpus in one ``python -m core.cli`` process; ``judge_loaded`` 
 ``judge_cli`` list what differs from the cases' expectations. tests/test_reliability.py and
 benchmarks/reliability.py share all of it.
 
-Run as ``python -m tests.hostile`` it is that driver: it reads a JSON list of argument lists
+Run as ``python -m benchmarks.hostile`` it is that driver: it reads a JSON list of argument lists
 on stdin, calls ``core.cli.main`` on each with stdout and stderr captured, and prints one JSON
 line of results.
 """
@@ -41,7 +41,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 SIZE = 8
-"""The model size (H = W) the expected notes assume: the tiny models of tests/helpers.py."""
+"""The model size (H = W) the expected notes assume: the tiny models of write_models."""
 
 LOADED, REFUSED = "loaded", "refused"
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -488,12 +488,26 @@ class CliRun:
     peak_bytes: int | None = None
 
 
-def write_models(folder: str | os.PathLike) -> dict[int, Path]:
-    """The tiny 3x8x8 and 1x8x8 models of tests/helpers.py, saved under ``folder``."""
-    from tests.helpers import save_tiny_pixel_model
+#: The tiny random UNet the corpus's expected notes assume (also the tests' tiny models, tests/helpers.py).
+TINY_UNET = {
+    "block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups": 4,
+    "down_block_types": ("DownBlock2D", "DownBlock2D"), "up_block_types": ("UpBlock2D", "UpBlock2D"),
+}
 
-    folder = Path(folder)
-    return {c: save_tiny_pixel_model(folder / f"tiny-{c}ch", channels=c, size=SIZE) for c in (3, 1)}
+
+def write_models(folder: str | os.PathLike) -> dict[int, Path]:
+    """Tiny random 3x8x8 and 1x8x8 pixel models (seeded, DDPM layout) saved under ``folder``."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    out = {}
+    for channels in (3, 1):
+        out[channels] = Path(folder) / f"tiny-{channels}ch"
+        torch.manual_seed(0)
+        UNet2DModel(sample_size=SIZE, in_channels=channels, out_channels=channels, **TINY_UNET).save_pretrained(
+            out[channels] / "unet")
+        DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02).save_pretrained(out[channels] / "scheduler")
+    return out
 
 
 def cli_env(cache_dir: str | os.PathLike) -> dict[str, str]:
@@ -515,7 +529,7 @@ def score_each(jobs: list[tuple[Path, Path]], cache_dir: str | os.PathLike, time
     """
     argvs = [score_argv(model, [path]) for path, model in jobs]
     done = subprocess.run(
-        [sys.executable, "-m", "tests.hostile"], input=json.dumps(argvs), capture_output=True,
+        [sys.executable, "-m", "benchmarks.hostile"], input=json.dumps(argvs), capture_output=True,
         text=True, cwd=ROOT, env={**cli_env(cache_dir), **(env or {})}, timeout=timeout,
         preexec_fn=None if address_limit is None else lambda: _limit_address_space(address_limit),
     )
