@@ -2,7 +2,6 @@
 
     python benchmarks/attacks.py            # every bundled demo model, every attack
     python benchmarks/attacks.py --quick    # 100 members + 100 held-out per demo, t in 0:100:20
-    python benchmarks/attacks.py --cifar    # also a 32x32 pixel DDPM trained here on CIFAR-10
     python benchmarks/attacks.py --report   # only rewrite the tables from benchmarks/results/attacks.json
     python benchmarks/attacks.py --backfill-scores  # report-half scores for rows run before they were kept
 
@@ -16,13 +15,6 @@ A text-to-image demo (digits-sd-captioned) is audited in caption mode, as ``sima
 --members demo`` audits it: every image conditioned on its own caption from the demo's
 manifest (``core.datasets.demo_captions``); by default it also runs the conditional attacks
 (gap, clid), which compare each caption with the empty prompt.
-
-The CIFAR-10 model: 1,000 members and 1,000 held-out images drawn with a fixed seed from
-../shared/data/cifar10/cifar10_train_12k.npz (never copied into the project), a compact DDPM
-the training loop of core.train (``fit_ddpm``), and the trained model cached under
-benchmarks/.cache (outside git) with its training wall time and a learning curve (SimA AUC
-at a few t after every checkpoint); an interrupted training resumes from its last
-checkpoint. The default budget (1,500 steps of batch 64) takes about an hour on 2 CPU cores.
 
 Each row's report-half membership scores at its chosen t go to benchmarks/results/
 attack_scores.npz, and every ordering between two attacks of a model comes from a paired,
@@ -39,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Iterator
@@ -58,16 +49,6 @@ from core.metrics import auc as point_auc, compare, membership_scores  # noqa: E
 CACHE = ROOT / "benchmarks" / ".cache"
 SECTION = "Attacks"
 README = ROOT / "README.md"
-CIFAR_FILE = ROOT.parent / "shared" / "data" / "cifar10" / "cifar10_train_12k.npz"
-CIFAR_SPLIT_SEED = 0
-CIFAR_MEMBERS = CIFAR_HELDOUT = 1000
-#: A 2.7M-parameter UNet at 32x32x3; attention only at 8x8, where it is cheap on a CPU.
-CIFAR_UNET = {
-    "sample_size": 32, "in_channels": 3, "out_channels": 3, "layers_per_block": 1, "norm_num_groups": 8,
-    "block_out_channels": [32, 64, 128],
-    "down_block_types": ["DownBlock2D", "DownBlock2D", "AttnDownBlock2D"],
-    "up_block_types": ["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-}
 #: Timing pass at the chosen t: this many images at most, scaled to 1,000.
 TIMING_IMAGES = 256
 
@@ -90,113 +71,6 @@ def subsample(images: torch.Tensor, ids: list[str], n: int | None, seed: int) ->
         return images, ids
     keep = np.sort(np.random.default_rng(seed).permutation(len(images))[:n])
     return images[keep], [ids[i] for i in keep]
-
-
-def cifar_sets() -> tuple[torch.Tensor, list[str], torch.Tensor, list[str]]:
-    """1,000 members and 1,000 held-out CIFAR-10 images in [-1, 1], drawn with a fixed seed."""
-    from core.images import images_from_array
-
-    if not CIFAR_FILE.is_file():
-        raise SystemExit(f"{CIFAR_FILE} is missing: the CIFAR-10 part reads it from the shared data folder.")
-    data = np.load(CIFAR_FILE)
-    order = np.random.default_rng(CIFAR_SPLIT_SEED).permutation(len(data["x"]))
-    chosen = {"members": order[:CIFAR_MEMBERS], "heldout": order[CIFAR_MEMBERS:CIFAR_MEMBERS + CIFAR_HELDOUT]}
-    out = []
-    for rows in chosen.values():
-        images = images_from_array(data["x"][rows], channels=3, size=32, ids_prefix="cifar10").images
-        out += [images, [f"cifar10-train-{int(i)}" for i in data["source_index"][rows]]]
-    return tuple(out)  # type: ignore[return-value]
-
-
-# ------------------------------------------------------------------ the CIFAR-10 model
-
-
-#: Learning curve during training: SimA AUC on this many members and held-out images at these t.
-CURVE_IMAGES = 250
-CURVE_TIMESTEPS = (25, 50, 100, 200)
-
-
-def learning_curve(members: torch.Tensor, heldout: torch.Tensor, abar: torch.Tensor, curve: list):
-    """A checkpoint callback that appends SimA's AUC at each t in CURVE_TIMESTEPS to ``curve``.
-
-    The AUC here uses every image and is read at each t separately: a progress signal for the
-    training budget, not an audit result (those come from run_audit afterwards).
-    """
-    import copy
-
-    from core.attacks.sima import SimA
-    from core.metrics import auc, membership_scores
-    from core.models.pixel import PixelModel
-
-    images = torch.cat([members[:CURVE_IMAGES], heldout[:CURVE_IMAGES]])
-    labels = np.r_[np.ones(min(CURVE_IMAGES, len(members))), np.zeros(min(CURVE_IMAGES, len(heldout)))]
-
-    def record(step: int, unet) -> None:
-        # PixelModel freezes the module it wraps, so it wraps a copy and training goes on untouched.
-        model = PixelModel(copy.deepcopy(unet), abar, name="cifar10-ddpm-in-training")
-        attack, aucs = SimA(), {}
-        for t in CURVE_TIMESTEPS:
-            # a plain loop, not sweep(): a calibration per checkpoint would cost more than the curve
-            stats = torch.cat([attack.statistic(model, images[i:i + 128], t) for i in range(0, len(images), 128)])
-            aucs[t] = round(auc(scores=membership_scores(stats.numpy(), attack.member_when), labels=labels), 4)
-        curve.append({"step": step, "sima_auc": aucs})
-        print(f"step {step}: SimA AUC by t {aucs}", flush=True)
-
-    return record
-
-
-def train_cifar_ddpm(folder: Path, members: torch.Tensor, heldout: torch.Tensor, *, steps: int, batch_size: int,
-                     lr: float, seed: int, device: str) -> dict:
-    """Train the CIFAR-10 DDPM into ``folder`` with core.train's loop (resuming a checkpoint there)."""
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    from core.train import fit_ddpm
-
-    if device != "cpu":
-        raise SystemExit("The CIFAR-10 training loop runs on the CPU (core.train); audit on --device after training.")
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
-    torch.manual_seed(seed)
-    unet = UNet2DModel(**CIFAR_UNET)
-    curve_file = folder / "learning_curve.json"
-    curve = json.loads(curve_file.read_text()) if curve_file.is_file() else []
-
-    def on_checkpoint(step, module):
-        learning_curve(members, heldout, scheduler.alphas_cumprod, curve)(step, module)
-        curve_file.write_text(json.dumps(curve))
-
-    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "warmup_steps": 100, "schedule": "cosine",
-                "checkpoint_every": 250}
-    fitted = fit_ddpm(unet, members, scheduler.alphas_cumprod, settings, seed=seed,
-                      checkpoint_dir=folder / "checkpoint", on_checkpoint=on_checkpoint)
-    unet.save_pretrained(folder / "unet", safe_serialization=True)
-    scheduler.save_pretrained(folder / "scheduler")
-    return {**settings, "seed": seed, "device": device, "threads": torch.get_num_threads(),
-            "train_wall_s": fitted["wall_time_s"], "final_loss": fitted["final_loss"],
-            "parameters": sum(p.numel() for p in unet.parameters()), "unet": CIFAR_UNET,
-            "learning_curve": [c for c in curve if c["step"] <= steps]}
-
-
-def cifar_model(args) -> tuple:
-    """The cached CIFAR-10 DDPM (trained on first use) and its member and held-out sets."""
-    from core.models.pixel import PixelModel
-
-    members, member_ids, heldout, heldout_ids = cifar_sets()
-    tag = f"cifar10-ddpm-{args.cifar_steps}x{args.cifar_batch}-lr{args.cifar_lr:g}-seed{args.seed}"
-    folder = CACHE / tag
-    record_file = folder / "training.json"
-    if not record_file.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        record = train_cifar_ddpm(folder, members, heldout, steps=args.cifar_steps, batch_size=args.cifar_batch,
-                                  lr=args.cifar_lr, seed=args.seed, device=args.device)
-        record.update(member_ids=member_ids, heldout_ids=heldout_ids, data=str(CIFAR_FILE.name),
-                      split_seed=CIFAR_SPLIT_SEED)
-        record_file.write_text(json.dumps(record, indent=1) + "\n")
-        shutil.rmtree(folder / "checkpoint", ignore_errors=True)
-    record = json.loads(record_file.read_text())
-    manifest = {"member_ids": record["member_ids"], "heldout_ids": record["heldout_ids"]}
-    model = PixelModel.from_folder(folder, manifest=manifest, device=args.device, name=tag)
-    training = {k: v for k, v in record.items() if not k.endswith("_ids")}
-    return model, members, member_ids, heldout, heldout_ids, training
 
 
 # -------------------------------------------------------------------------- the audits
@@ -520,20 +394,6 @@ def markdown(payload: dict) -> str:
             lines += [f"Text-to-image model, audited in caption mode ({entry['condition']}): every attack conditions "
                       "members and held-out images alike on their captions; gap and clid compare each caption with "
                       "the empty prompt.", ""]
-        if entry.get("training"):
-            tr = entry["training"]
-            lines += [f"Trained here: {tr['parameters']:,} parameters, {tr['steps']} steps of batch {tr['batch_size']} "
-                      f"(lr {tr['lr']:g}, {tr['schedule']}) on {tr['device']} with {tr.get('threads', '?')} thread(s), "
-                      f"{tr['train_wall_s'] / 60:.0f} min.", ""]
-            if tr.get("learning_curve"):
-                steps = [c["step"] for c in tr["learning_curve"]]
-                ts = list(tr["learning_curve"][0]["sima_auc"])
-                lines += [f"Learning curve: SimA AUC on the first {CURVE_IMAGES} members and {CURVE_IMAGES} held-out "
-                          "images at each checkpoint (each t read separately; a progress signal, not an audit).", "",
-                          "| t | " + " | ".join(f"step {s}" for s in steps) + " |", "|---" * (len(steps) + 1) + "|"]
-                lines += [f"| {t} | " + " | ".join(f"{c['sima_auc'][t]:.3f}" for c in tr["learning_curve"]) + " |"
-                          for t in ts]
-                lines.append("")
         lines += ["| attack | t | AUC | ASR | TPR@1%FPR | queries at t | queries, grid | s / 1k images at t | s / 1k images, grid |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for r in entry["attacks"]:
@@ -556,7 +416,6 @@ def markdown(payload: dict) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="100 members + 100 held-out per demo, t in 0:100:20, 200 bootstrap resamples")
-    p.add_argument("--cifar", action="store_true", help="also train (or load the cached) CIFAR-10 DDPM and audit it")
     p.add_argument("--no-demos", action="store_true", help="skip the bundled demo models")
     p.add_argument("--report", action="store_true", help="only rewrite the docs section and README table from the results file")
     p.add_argument("--backfill-scores", action="store_true",
@@ -567,10 +426,6 @@ def parse_args(argv=None):
                    help="comma-separated attack names (default: every general attack, plus the conditional ones "
                         "on a conditional model)")
     p.add_argument("--timesteps", default=None, help="grid for the demos, e.g. 0:200:10 (default: the audit's)")
-    p.add_argument("--cifar-timesteps", default="20:140:40", help="grid for CIFAR-10 (coarse: SecMI's cost grows with t)")
-    p.add_argument("--cifar-steps", type=int, default=1500)
-    p.add_argument("--cifar-batch", type=int, default=64)
-    p.add_argument("--cifar-lr", type=float, default=1e-3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: torch's; 1 leaves a core free on a 2-core machine)")
@@ -592,7 +447,7 @@ def main(argv=None) -> int:
     run_info = {"quick": args.quick, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "seed": args.seed}
 
     def load_results() -> dict:
-        # Re-read before each write: a CIFAR run and a demo run may share the file.
+        # Re-read before each write: runs of different models or attacks may share the file.
         payload = json.loads(out_file.read_text()) if out_file.is_file() else {"models": {}}
         return {**payload, **run_info}
 
@@ -612,15 +467,13 @@ def main(argv=None) -> int:
     if not args.no_demos:
         for name in (args.models.split(",") if args.models else demo_names()):
             jobs.append((name, lambda name=name: _demo(name, args, n_quick), demo_grid))
-    if args.cifar:
-        jobs.append(("cifar10-ddpm", lambda: _cifar(args), parse_timesteps(args.cifar_timesteps)))
     if not jobs:
-        raise SystemExit("Nothing to run: no bundled demo models are installed and --cifar was not given.")
+        raise SystemExit("Nothing to run: no bundled demo models are installed.")
     for name, load, grid in jobs:
-        model, members, mids, heldout, hids, description, training, captions = load()
+        model, members, mids, heldout, hids, description, captions = load()
         print(f"{name}: {len(members)} members, {len(heldout)} held-out, {len(grid)} timesteps", flush=True)
         entry = {"description": description, "fingerprint": model.fingerprint, "timesteps": grid,
-                 "n_members": len(members), "n_heldout": len(heldout), "training": training,
+                 "n_members": len(members), "n_heldout": len(heldout),
                  "condition": None if captions is None else f"caption: each image's own, from {captions.source}",
                  "date": run_info["date"], "machine": run_info["machine"]}
         for row, sample in audit_model(model, members, mids, heldout, hids, args, grid, captions):
@@ -669,7 +522,7 @@ def backfill_scores(payload: dict, args, n_quick: int | None) -> None:
         if name not in demo_names():
             print(f"{name}: not a bundled demo, its scores can only come from a new run (skipped)", flush=True)
             continue
-        model, members, mids, heldout, hids, _, _, captions = _demo(name, args, n_quick)
+        model, members, mids, heldout, hids, _, captions = _demo(name, args, n_quick)
         if model.fingerprint != entry["fingerprint"] or (len(members), len(heldout)) != (entry["n_members"], entry["n_heldout"]):
             print(f"{name}: the model or its split changed since the rows were measured (skipped)", flush=True)
             continue
@@ -713,14 +566,7 @@ def _demo(name: str, args, n: int | None):
     heldout, hids = subsample(heldout, hids, n, args.seed + 1)
     description = (model.manifest or {}).get("demo") or model.info().describe()
     # A captioned demo is audited in caption mode, with the captions its manifest records.
-    return model, members, mids, heldout, hids, description, None, demo_captions(model)
-
-
-def _cifar(args):
-    model, members, mids, heldout, hids, training = cifar_model(args)
-    description = (f"Pixel DDPM at 32x32 trained by this benchmark on {CIFAR_MEMBERS} CIFAR-10 images "
-                   f"(JPEG-decoded subset, see ../shared/data/cifar10/SOURCE.md).")
-    return model, members, mids, heldout, hids, description, training, None
+    return model, members, mids, heldout, hids, description, demo_captions(model)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from core import photos
 from core.images import images_from_array
 from core.splits import SplitManifest
 from core.errors import DataError
 
 DATASET = "sklearn-digits"
+#: The datasets a manifest may name: the bundled digits and the photo demo's CIFAR-10 subset (core.photos).
+DATASETS = (DATASET, photos.DATASET)
 N_IMAGES = 1797
 SPLIT_SEED = 0
 N_HELDOUT = 500
@@ -194,17 +197,38 @@ def split_images(manifest: dict, which: str) -> tuple[torch.Tensor, list[str]]:
     if which not in ("members", "heldout"):
         raise DataError(f"Choose 'members' or 'heldout', got {which!r}.")
     dataset = manifest.get("dataset") if isinstance(manifest, dict) else None
-    if not isinstance(dataset, dict) or dataset.get("name") != DATASET:
+    if not isinstance(dataset, dict) or dataset.get("name") not in DATASETS:
         name = dataset.get("name") if isinstance(dataset, dict) else dataset
         raise DataError(
-            f"This model's manifest names dataset {name!r}; only {DATASET!r} is bundled, so give "
-            "its member and held-out images as files instead."
+            f"This model's manifest names dataset {name!r}; only {' and '.join(map(repr, DATASETS))} are known, "
+            "so give its member and held-out images as files instead."
         )
     key = "member_ids" if which == "members" else "heldout_ids"
     ids = manifest.get(key)
     if not isinstance(ids, list) or not ids:
         raise DataError(f"The model's manifest has no {key}; give its {which} images as files instead.")
-    return digits_by_ids(ids, int(dataset.get("size", 16))), list(ids)
+    return images_by_ids(dataset["name"], ids, int(dataset.get("size", 16))), list(ids)
+
+
+def images_by_ids(dataset: str, ids: list[str], size: int) -> torch.Tensor:
+    """The images of a known dataset (:data:`DATASETS`) with the given ids, in that order, in [-1, 1]."""
+    if dataset == photos.DATASET:
+        return photos.photos_by_ids(ids, size)
+    return digits_by_ids(ids, size)
+
+
+def data_split(data: dict) -> SplitManifest:
+    """The split a training config's ``data`` section describes, of the dataset it names."""
+    if data["dataset"] == photos.DATASET:
+        return photos.photos_split(data["members"], n_heldout=data["heldout"], seed=data["split_seed"])
+    return digits_split(data["members"], n_heldout=data["heldout"], seed=data["split_seed"])
+
+
+def data_record(data: dict) -> dict:
+    """How a manifest describes the data of a training config's ``data`` section."""
+    if data["dataset"] == photos.DATASET:
+        return photos.photos_record(data["size"], data["members"], data["heldout"], data["split_seed"])
+    return dataset_record(data["size"], data["members"], data["heldout"], data["split_seed"])
 
 
 def digits_by_ids(ids: list[str], size: int = 16) -> torch.Tensor:

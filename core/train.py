@@ -56,6 +56,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from core import datasets, photos
 from core.errors import SimaError
 
 KINDS = ("pixel", "latent", "text", "empirical")
@@ -75,7 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "demo": "",
     "seed": 0,
     "threads": None,
-    "data": {"size": 16, "members": 256, "heldout": 500, "split_seed": 0},
+    "data": {"dataset": "sklearn-digits", "size": 16, "members": 256, "heldout": 500, "split_seed": 0},
     "scheduler": {
         "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02,
         "beta_schedule": "linear", "prediction_type": "epsilon",
@@ -143,13 +144,19 @@ def resolve_config(config: dict) -> dict:
     if kind != "text":
         for key in _TEXT_ONLY:
             cfg.pop(key)
+    dataset = cfg["data"]["dataset"]
+    if dataset not in datasets.DATASETS:
+        raise SimaError(f"data.dataset must be one of {', '.join(datasets.DATASETS)}, got {dataset!r}.")
+    if dataset == photos.DATASET and kind != "pixel":
+        raise SimaError(f"The photo data ({photos.DATASET}) trains pixel models only; set kind to 'pixel'.")
     if kind == "empirical":
         for key in _NETWORK_KEYS + _LATENT_ONLY:
             cfg.pop(key)
     elif kind == "pixel":
         for key in _LATENT_ONLY:
             cfg.pop(key)
-        _derive(cfg["unet"], "unet", channels=1, size=cfg["data"]["size"])
+        channels = photos.CHANNELS if dataset == photos.DATASET else 1
+        _derive(cfg["unet"], "unet", channels=channels, size=cfg["data"]["size"])
     else:
         _derive(cfg["vae"], "vae", in_channels=1, out_channels=1, sample_size=cfg["data"]["size"])
         levels = len(cfg["vae"]["block_out_channels"]) - 1
@@ -405,7 +412,6 @@ def _fit_vae(cfg: dict, ckpt: Checkpoints, clock: Callable[[], float], progress:
     """The autoencoder, trained on digits outside the split, with its scaling factor set from them."""
     from diffusers import AutoencoderKL
 
-    from core import datasets
 
     data, settings = cfg["data"], cfg["vae_train"]
     vae_ids = datasets.digits_outside_ids(settings["images"], n_members=data["members"], n_heldout=data["heldout"],
@@ -460,7 +466,6 @@ def train(config: dict | str | Path, out_dir: str | Path | None = None, *, progr
 
 
 def _train(cfg: dict, source: Path | None, out: Path, *, progress: bool, resume: bool) -> Path:
-    from core import datasets
 
     ckpt = Checkpoints(out / CHECKPOINT_DIR, phase_digests(cfg))
     if not resume and ckpt.folder.exists():
@@ -473,13 +478,12 @@ def _train(cfg: dict, source: Path | None, out: Path, *, progress: bool, resume:
         return done_before + time.perf_counter() - started
 
     data = cfg["data"]
-    split = datasets.digits_split(data["members"], n_heldout=data["heldout"], seed=data["split_seed"])
-    record = datasets.dataset_record(data["size"], data["members"], data["heldout"], data["split_seed"])
+    split, record = datasets.data_split(data), datasets.data_record(data)
     summary: dict[str, Any] = {}
     if cfg["kind"] == "text":
         _save_folder(out, *_train_text(cfg, split, ckpt, clock, progress, summary))
     elif cfg["kind"] != "empirical":  # the empirical denoiser is rebuilt from the member ids at load time
-        members = datasets.digits_by_ids(split.member_ids, data["size"])
+        members = datasets.images_by_ids(record["name"], split.member_ids, data["size"])
         _save_folder(out, *_train_networks(cfg, members, ckpt, clock, progress, summary))
     wall = clock()
     if source is None or source.resolve() != (out / CONFIG_FILE).resolve():
@@ -537,7 +541,7 @@ def _train_text(cfg: dict, split, ckpt: Checkpoints, clock: Callable[[], float],
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from core import datasets, tiny_clip
+    from core import tiny_clip
 
     data, seed, cond = cfg["data"], int(cfg["seed"]), cfg["conditioning"]
     scheduler = DDPMScheduler(**cfg["scheduler"])
@@ -710,7 +714,6 @@ def _vae_fields(cfg: dict, summary: dict) -> dict:
 
 def _text_fields(cfg: dict, split, summary: dict) -> dict:
     """What a text model's manifest adds: the autoencoder's digits, the captions, and how it was trained."""
-    from core import datasets
 
     if cfg["kind"] != "text":
         return {}
@@ -747,12 +750,11 @@ def package_versions() -> dict[str, str]:
 def _reconstruction(model, record: dict, split, vae_ids: list[str] | None = None) -> dict:
     """Mean squared reconstruction error (per pixel, [-1, 1] scale) of the VAE on each split, and
     on its own training digits when they are not the members."""
-    from core import datasets
 
     out = {}
     sets = (("members", split.member_ids), ("heldout", split.heldout_ids)) + ((("vae_train", vae_ids),) if vae_ids else ())
     for which, ids in sets:
-        images = datasets.digits_by_ids(ids, record["size"])
+        images = datasets.images_by_ids(record["name"], ids, record["size"])
         with torch.no_grad():
             out[which] = round(float((model.decode(model.encode(images)) - images).pow(2).mean()), 6)
     return out
@@ -761,14 +763,13 @@ def _reconstruction(model, record: dict, split, vae_ids: list[str] | None = None
 def run_check(model, record: dict, split, check: dict) -> dict:
     """A SimA audit of members vs held-out by the protocol of ``core.audit.run_audit``; a
     text-to-image model is conditioned on each digit's caption."""
-    from core import datasets
     from core.attacks.sima import SimA
     from core.audit import run_audit
 
     if check.get("attack", "sima") != "sima":
         raise SimaError("The training check runs SimA only; set check.attack to 'sima' or check to null.")
-    members = datasets.digits_by_ids(split.member_ids, record["size"])
-    heldout = datasets.digits_by_ids(split.heldout_ids, record["size"])
+    members = datasets.images_by_ids(record["name"], split.member_ids, record["size"])
+    heldout = datasets.images_by_ids(record["name"], split.heldout_ids, record["size"])
     seed = int(check.get("seed", 0))
     captions = {}
     if getattr(model, "conditional", False):

@@ -13,6 +13,8 @@ from explorer.uploads import load_uploads
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 EXAMPLES_CSV = "examples.csv"
+#: What the bundled examples are: digits of the demos' scikit-learn split (core.datasets).
+EXAMPLES_DATASET = "sklearn-digits"
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,14 @@ class Example:
     def truth_for(self, model_name: str) -> str | None:
         """The label, when it is about this model (or about no model in particular)."""
         return self.label if self.model in (None, model_name) else None
+
+
+def suited_to(examples: list[Example], model) -> list[Example]:
+    """The bundled examples, or none for a model whose manifest says it learnt other data than
+    the examples' digits (the photo demo): digits would only be out-of-domain noise to it."""
+    dataset = (getattr(model, "manifest", None) or {}).get("dataset")
+    name = dataset.get("name") if isinstance(dataset, dict) else None
+    return examples if name in (None, EXAMPLES_DATASET) else []
 
 
 def _label(row: dict) -> str | None:

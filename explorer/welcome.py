@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from core.models.registry import DEMO_DIR, demo_names, read_manifest
 
-DATASETS = {"sklearn-digits": "handwritten digits"}
+DATASETS = {"sklearn-digits": "handwritten digits", "cifar10-12k": "CIFAR-10 photos"}
 
 
 def app_icon() -> Image.Image:

@@ -33,7 +33,7 @@ model = state.get_model(choices.spec, choices.device)
 c, h, w = model.image_shape
 
 # ----------------------------------------------------------------------------- images
-examples = state.examples()
+examples = bundled.suited_to(state.examples(), model)
 by_name = {e.name: e for e in examples}
 split, no_split = state.split_or_reason(choices)
 split_names = (

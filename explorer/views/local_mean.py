@@ -6,7 +6,7 @@ import streamlit as st
 
 from core.hashing import tensor_digest
 from explorer import charts, state, uploads, widgets
-from explorer.examples import load_examples
+from explorer.examples import load_examples, suited_to
 
 st.title("Local mean")
 st.markdown(
@@ -52,7 +52,7 @@ reference = state.model_space(choices, reference_images) if reference_images is 
 sent = st.session_state.get("local_mean_query")
 if sent is not None and tuple(sent["image"].shape[1:]) != tuple(model.image_shape):
     sent = None  # sent for another model
-examples = state.examples()
+examples = suited_to(state.examples(), model)
 sources = ([FROM_CHECK] if sent else []) + ([MEMBER, HELDOUT] if split is not None else []) + ([EXAMPLE] if examples else []) + [UPLOAD]
 source = st.radio("Image", sources, key="lm_source", horizontal=True)
 query, query_name = None, None
