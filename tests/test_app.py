@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from core.datasets import digits_uint8
-from core import demo_names
+from core import demo_names, photos
+from core.models.registry import DEMO_DIR, read_manifest
 from core.attacks import ATTACK_NAMES
 from explorer import reading, state, uploads, verdicts
 from explorer.choices import DEFAULT_MODEL, GRID_ENV, MODEL_ENV, PIXEL_VS_LATENT, Choices, parse_grid
@@ -101,8 +102,16 @@ def test_a_newcomer_starts_on_the_check_page_with_the_memorising_demo(monkeypatc
 
 
 def upload_for(demo: str) -> tuple[str, bytes, str]:
-    """A member digit to upload: a PNG, or for the captioned demo a zip holding the PNG and its
-    caption as a sidecar NAME.txt."""
+    """A member to upload: a digit PNG, for the photo demo one of its member photos, and for the
+    captioned demo a zip holding the digit PNG and its caption as a sidecar NAME.txt."""
+    manifest = read_manifest(DEMO_DIR / demo)
+    if manifest["dataset"]["name"] == photos.DATASET:
+        if not photos.data_file().is_file():
+            pytest.skip(f"{photos.data_file()} is absent (a clone without ../shared): the photo demo has no images")
+        image = photos.photos_by_ids(manifest["member_ids"][:1])[0]
+        buffer = io.BytesIO()
+        Image.fromarray(((image + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()).save(buffer, "PNG")
+        return "member-photo.png", buffer.getvalue(), "image/png"
     name, png = demo_png("member")
     if demo != CAPTIONED:
         return name, png, "image/png"
@@ -131,6 +140,26 @@ def test_every_bundled_demo_works_on_every_page(monkeypatch, demo):
             assert at.get("plotly_chart"), f"{page} drew no figure"
     at.switch_page("views/local_mean.py").run()
     assert len(chart(at, "lm_panels")["data"]) == 5
+
+
+PHOTO_DEMO = "cifar10-ddpm-memorising"
+
+
+def test_the_photo_demo_without_its_data_scores_uploads_and_says_where_the_data_goes(monkeypatch, tmp_path):
+    """A clone without ../shared: no page fails, and the pages that need the photos name the file."""
+    monkeypatch.setenv(photos.FILE_ENV, str(tmp_path / "absent.npz"))
+    at = start(monkeypatch, PHOTO_DEMO)
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    at.file_uploader(key="check_uploads").set_value([("mine.png", buffer.getvalue(), "image/png")]).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert "absent.npz" in texts(at.warning) and photos.FILE_ENV in texts(at.warning)
+    assert reading.statistic_label("sima") in [m.label for m in at.metric]
+    for page in ("audit", "local_mean", "timesteps"):
+        at.switch_page(f"views/{page}.py").run()
+        assert not at.exception, (page, [e.message for e in at.exception])
+        assert "absent.npz" in texts(at.error) + texts(at.warning) + texts(at.info), page
 
 
 def test_sidebar_lists_every_demo_loads_the_model_and_describes_it(monkeypatch):
