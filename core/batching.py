@@ -7,7 +7,9 @@ two spinning threads can run several times slower than one. The answer is cached
 and on disk per (model fingerprint, device, available cores), with the rate it measured and
 when. A calibration is measured again when it is older than ``MAX_AGE_S``, and when a sweep
 runs at less than ``SLOW_FRACTION`` of the rate it predicted (the machine got busier, or the
-calibration was measured while it was busy): see :func:`check_rate`.
+calibration was measured while it was busy): see :func:`check_rate`. A sweep that runs below the
+full thread count tries the full count on a batch now and then (:class:`ThreadTuner`), since a
+choice made on a busy machine slows every sweep once the machine is quiet again.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def torch_threads(n: int) -> Iterator[None]:
     try:
         yield
     finally:
-        if n != before:
+        if torch.get_num_threads() != before:  # the block may have changed it too (a ThreadTuner)
             torch.set_num_threads(before)
 
 
@@ -191,11 +193,81 @@ def check_rate(model: DiffusionModel, evaluations: int, seconds: float) -> Calib
         found = _memory.get(key)
     if found is None or evaluations / seconds >= SLOW_FRACTION * found.rate:
         return None
+    return recalibrate(model)
+
+
+def recalibrate(model: DiffusionModel) -> Calibration:
+    """Measure the model's calibration now and store it, whatever was stored before."""
     fresh = calibrate(model)
     with _lock:
-        _memory[key] = fresh
-        _save(key, list(astuple(fresh)))
+        _memory[_key(model)] = fresh
+        _save(_key(model), list(astuple(fresh)))
     return fresh
+
+
+#: A sweep running below torch's full thread count (a choice made while the machine was busy) runs
+#: one batch at the full count after PROBE_AFTER batches, and again every PROBE_EVERY: load is
+#: transient, and a stale one-thread choice ran a sweep on a quiet 2-core machine at 0.56x of what
+#: two threads gave (benchmarks/speed.py --official-only).
+PROBE_AFTER = 3
+PROBE_EVERY = 50
+#: The probe must beat the median rate of the recent batches by this factor for the sweep to switch.
+PROBE_MARGIN = 1.1
+#: How many recent batches that median is taken over.
+PROBE_WINDOW = 5
+
+
+class ThreadTuner:
+    """Keeps a running sweep on the faster thread count while the machine's load changes.
+
+    Call :meth:`observe` after each batch with its model evaluations and compute seconds; it sets
+    torch's thread count for the next batch. A sweep much slower than its calibration measures it
+    again (:func:`check_rate`); one below the full thread count tries the full count on one batch
+    now and then and keeps it, storing it as the model's calibration, when that batch runs faster.
+    Thread counts change only speed, never a statistic.
+    """
+
+    def __init__(self, model: DiffusionModel, threads: int):
+        self.model, self.threads = model, threads
+        self.rates: list[float] = []
+        self.evaluations, self.seconds = 0, 0.0
+        self.probing = False
+
+    def observe(self, evaluations: int, seconds: float) -> None:
+        rate = evaluations / max(seconds, 1e-9)
+        if self.probing:
+            self.probing = False
+            recent = sorted(self.rates[-PROBE_WINDOW:])
+            if rate > PROBE_MARGIN * recent[len(recent) // 2]:
+                self._switch(MAX_THREADS)
+                self.rates = [rate]
+                _adopt(self.model, MAX_THREADS, rate)
+            else:
+                torch.set_num_threads(self.threads)
+            return
+        self.rates.append(rate)
+        self.evaluations, self.seconds = self.evaluations + evaluations, self.seconds + seconds
+        fresh = check_rate(self.model, self.evaluations, self.seconds)
+        if fresh is not None:
+            self._switch(fresh.threads)
+        elif self.threads < MAX_THREADS and len(self.rates) % PROBE_EVERY == PROBE_AFTER % PROBE_EVERY:
+            self.probing = True
+            torch.set_num_threads(MAX_THREADS)
+
+    def _switch(self, threads: int) -> None:
+        self.threads = threads
+        torch.set_num_threads(threads)
+        self.rates, self.evaluations, self.seconds = [], 0, 0.0
+
+
+def _adopt(model: DiffusionModel, threads: int, rate: float) -> None:
+    """Store ``threads`` (at ``rate``) as the model's calibration, keeping its batch size."""
+    key = _key(model)
+    with _lock:
+        before = _memory.get(key) or _stored(_disk().get(key))
+        found = Calibration(before.batch_size if before else CANDIDATES[0], threads, rate, time.time())
+        _memory[key] = found
+        _save(key, list(astuple(found)))
 
 
 def best_batch_size(model: DiffusionModel) -> int:

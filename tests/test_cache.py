@@ -206,3 +206,51 @@ def test_a_sweep_much_slower_than_its_calibration_measures_it_again(model, monke
     counter.samples = 0
     assert batching.check_rate(model, evaluations=int(10 * fresh.rate), seconds=10.0) is None and counter.samples == 0
     assert batching.check_rate(model, evaluations=1, seconds=batching.MIN_CHECK_SECONDS + 1) is not None
+
+
+def test_a_sweep_below_the_full_thread_count_tries_it_and_keeps_it_when_faster(model, monkeypatch):
+    import time
+
+    from core import batching
+
+    monkeypatch.setattr(batching, "MAX_THREADS", 2)
+    _store(model, [4, 1, 100.0, time.time()])  # chosen on a busy machine: one thread
+    with torch_threads(1):
+        tuner = batching.ThreadTuner(model, 1)
+        for _ in range(batching.PROBE_AFTER):
+            tuner.observe(100, 1.0)
+        assert tuner.probing and torch.get_num_threads() == 2, "no probe at the full thread count"
+        tuner.observe(100, 0.5)  # twice as fast: the machine is quiet now
+        assert tuner.threads == 2 and torch.get_num_threads() == 2
+        assert batching.calibration(model).threads == 2
+        assert batching.calibration(model).batch_size == 4
+
+        _store(model, [4, 1, 100.0, time.time()])
+        torch.set_num_threads(1)
+        tuner = batching.ThreadTuner(model, 1)
+        for _ in range(batching.PROBE_AFTER):
+            tuner.observe(100, 1.0)
+        tuner.observe(100, 0.95)  # within the margin: not worth a switch
+        assert tuner.threads == 1 and torch.get_num_threads() == 1 and batching.calibration(model).threads == 1
+        for _ in range(batching.PROBE_EVERY - 1):
+            tuner.observe(100, 1.0)
+        assert not tuner.probing
+        tuner.observe(100, 1.0)
+        assert tuner.probing, "the probe is not repeated"
+
+
+def test_a_sweep_at_the_full_thread_count_never_probes_and_restores_the_callers_threads(model, monkeypatch):
+    import time
+
+    from core import batching
+
+    monkeypatch.setattr(batching, "MAX_THREADS", 1)
+    _store(model, [4, 1, 1e3, time.time()])
+    tuner = batching.ThreadTuner(model, 1)
+    for _ in range(2 * batching.PROBE_EVERY):
+        tuner.observe(100, 0.1)
+    assert not tuner.probing
+    before = torch.get_num_threads()
+    with torch_threads(before):
+        torch.set_num_threads(before + 1)  # as a tuner switching inside the block does
+    assert torch.get_num_threads() == before

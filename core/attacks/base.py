@@ -192,7 +192,7 @@ class Attack(abc.ABC):
         key, so a changed caption is computed afresh, while the noise stays keyed by the
         sample alone (a caption and the empty prompt see the same draws).
         """
-        from core.batching import best_settings, check_rate, torch_threads
+        from core.batching import ThreadTuner, best_settings, torch_threads
         from core.cache import ANY_T, attack_key
 
         n, steps = x0.shape[0], [int(s) for s in timesteps]
@@ -231,18 +231,15 @@ class Attack(abc.ABC):
         if progress is not None:
             progress(done, total)
         calibrated, threads = best_settings(model) if pending else (1, torch.get_num_threads())
-        evaluations, start = 0, time.perf_counter()
-        # Threads are a speed setting only: the calibration measured which count runs fastest here.
+        # Threads are a speed setting only: the calibration measured which count runs fastest here, and
+        # the tuner follows the machine's load from there (not when the caller fixed the batch size).
+        tuner = ThreadTuner(model, threads) if batch_size is None else None
         with torch_threads(threads):
-            for idx, col, values, cost in self._pending_batches(model, x0, grid, stored_t, todo, keys, seed,
-                                                                batch_size or calibrated, cond):
-                evaluations += cost
-                if batch_size is None and evaluations:
-                    # Much slower than calibrated: measure again, and run the rest at the new thread count.
-                    fresh = check_rate(model, evaluations, time.perf_counter() - start)
-                    if fresh is not None:
-                        torch.set_num_threads(fresh.threads)
-                        evaluations, start = 0, time.perf_counter()
+            batches = self._pending_batches(model, x0, grid, stored_t, todo, keys, seed, batch_size or calibrated, cond)
+            last = time.perf_counter()
+            for idx, col, values, cost in batches:
+                if tuner is not None:
+                    tuner.observe(cost, time.perf_counter() - last)  # the batch's compute time
                 out[idx, col] = values
                 if cache is not None:
                     cache.put(cache_model, cache_attack, (
@@ -250,6 +247,7 @@ class Attack(abc.ABC):
                 done += len(idx)
                 if progress is not None:
                     progress(done, total)
+                last = time.perf_counter()
         return out if self.uses_timestep else out.expand(n, len(steps)).clone()
 
     def _pending_batches(self, model, x0, grid, stored_t, todo, keys, seed, batch_size, cond):
