@@ -238,6 +238,17 @@ def require_choices() -> Choices:
 # ----------------------------------------------------------------------------- timestep
 
 
+def split_listed(model) -> bool:
+    """Whether the model's manifest names its training members: then a missing split means its
+    images are not on this machine (the photo demo without its data file), not an unknown set."""
+    return bool((getattr(model, "manifest", None) or {}).get("member_ids"))
+
+
+def missing_split(model, reason: str) -> None:
+    """Why the model's own split is not offered: a warning when its images are missing, else a note."""
+    (st.warning if split_listed(model) else st.caption)(reason)
+
+
 def timestep_slider(
     grid: Sequence[int], chosen: int, *, key: str, choices: Choices, why: str, label: str = "Timestep t",
     help: str | None = None, share: bool = False,

@@ -156,7 +156,7 @@ def test_the_photo_demo_without_its_data_scores_uploads_and_says_where_the_data_
     assert not at.exception, [e.message for e in at.exception]
     assert "absent.npz" in texts(at.warning) and photos.FILE_ENV in texts(at.warning)
     assert reading.statistic_label("sima") in [m.label for m in at.metric]
-    for page in ("audit", "local_mean", "timesteps"):
+    for page in ("audit", "collection", "local_mean", "timesteps"):
         at.switch_page(f"views/{page}.py").run()
         assert not at.exception, (page, [e.message for e in at.exception])
         assert "absent.npz" in texts(at.error) + texts(at.warning) + texts(at.info), page

@@ -24,7 +24,7 @@ OWN, UPLOAD = "The model's own split", "Upload members and non-members"
 options = [OWN, UPLOAD] if split is not None else [UPLOAD]
 source = st.radio("Labelled sets", options, key="audit_source", horizontal=True)
 if split is None:
-    st.caption(no_split)
+    widgets.missing_split(model, no_split)
 
 data = None
 if source == OWN:

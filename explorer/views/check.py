@@ -143,10 +143,8 @@ with widgets.user_errors():
         result = _reference_audit()
         reference = verdicts.reference_from_audit(result, split)
     else:
-        # a demo whose images are not on this machine (the photo demo without its data file) says so
-        listed = bool((getattr(model, "manifest", None) or {}).get("member_ids"))
         st.warning(
-            (f"{no_split} " if listed else "This model's training set is not known, so there is no reference of "
+            (f"{no_split} " if widgets.split_listed(model) else "This model's training set is not known, so there is no reference of "
              "images it never saw. ") +
             "Upload some images that surely were not in its training data (for example, newer than the "
             "model) to get a calibrated p-value; without them you get the raw score only."

@@ -23,6 +23,8 @@ st.markdown(
 choices = widgets.require_choices()
 model = state.get_model(choices.spec, choices.device)
 split, no_split = state.split_or_reason(choices)
+if split is None and widgets.split_listed(model):
+    widgets.missing_split(model, no_split)
 if model.conditional:
     st.info("This page does not read captions yet: it scores a conditional model's images, and its reference, "
             "with the empty prompt, whatever the sidebar's condition.")
