@@ -46,7 +46,6 @@ from core.audit import DEFAULT_TIMESTEPS, encode_batched, image_statistics, pars
 from core.hashing import row_digests  # noqa: E402
 from core.metrics import auc as point_auc, compare, membership_scores  # noqa: E402
 
-CACHE = ROOT / "benchmarks" / ".cache"
 SECTION = "Attacks"
 README = ROOT / "README.md"
 #: Timing pass at the chosen t: this many images at most, scaled to 1,000.
@@ -422,7 +421,6 @@ def markdown(payload: dict) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="100 members + 100 held-out per demo, t in 0:100:20, 200 bootstrap resamples")
-    p.add_argument("--no-demos", action="store_true", help="skip the bundled demo models")
     p.add_argument("--report", action="store_true", help="only rewrite the docs section and README table from the results file")
     p.add_argument("--backfill-scores", action="store_true",
                    help="store the report-half scores of rows run before they were kept (each attack at its recorded "
@@ -447,7 +445,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     n_quick = 100 if args.quick else None
     args.bootstrap = args.bootstrap or (200 if args.quick else 1000)
-    demo_grid = parse_timesteps(args.timesteps) if args.timesteps else (
+    grid = parse_timesteps(args.timesteps) if args.timesteps else (
         list(range(0, 101, 20)) if args.quick else list(DEFAULT_TIMESTEPS))
     out_file = RESULTS / ("attacks-quick.json" if args.quick else "attacks.json")
     run_info = {"quick": args.quick, "date": time.strftime("%Y-%m-%d"), "machine": machine(), "seed": args.seed}
@@ -469,14 +467,11 @@ def main(argv=None) -> int:
         backfill_scores(payload, args, n_quick)
         finish(payload, out_file, args)
         return 0
-    jobs = []
-    if not args.no_demos:
-        for name in (args.models.split(",") if args.models else demo_names()):
-            jobs.append((name, lambda name=name: _demo(name, args, n_quick), demo_grid))
-    if not jobs:
+    names = args.models.split(",") if args.models else demo_names()
+    if not names:
         raise SystemExit("Nothing to run: no bundled demo models are installed.")
-    for name, load, grid in jobs:
-        model, members, mids, heldout, hids, description, captions = load()
+    for name in names:
+        model, members, mids, heldout, hids, description, captions = _demo(name, args, n_quick)
         print(f"{name}: {len(members)} members, {len(heldout)} held-out, {len(grid)} timesteps", flush=True)
         entry = {"description": description, "fingerprint": model.fingerprint, "timesteps": grid,
                  "n_members": len(members), "n_heldout": len(heldout),
