@@ -170,10 +170,16 @@ def calibration(model: DiffusionModel) -> Calibration:
     with _lock:
         found = _memory.get(key) or _stored(_disk().get(key))
         if found is None or found.expired():
-            found = calibrate(model)
-            _save(key, list(astuple(found)))
-        _memory[key] = found
-        return found
+            _remember(key, calibrate(model))
+        else:
+            _memory[key] = found
+        return _memory[key]
+
+
+def _remember(key: str, found: Calibration) -> None:
+    """Keep ``found`` as the calibration under ``key``, in memory and on disk (the caller holds _lock)."""
+    _memory[key] = found
+    _save(key, list(astuple(found)))
 
 
 def best_settings(model: DiffusionModel) -> tuple[int, int]:
@@ -200,8 +206,7 @@ def recalibrate(model: DiffusionModel) -> Calibration:
     """Measure the model's calibration now and store it, whatever was stored before."""
     fresh = calibrate(model)
     with _lock:
-        _memory[_key(model)] = fresh
-        _save(_key(model), list(astuple(fresh)))
+        _remember(_key(model), fresh)
     return fresh
 
 
@@ -265,9 +270,7 @@ def _adopt(model: DiffusionModel, threads: int, rate: float) -> None:
     key = _key(model)
     with _lock:
         before = _memory.get(key) or _stored(_disk().get(key))
-        found = Calibration(before.batch_size if before else CANDIDATES[0], threads, rate, time.time())
-        _memory[key] = found
-        _save(key, list(astuple(found)))
+        _remember(key, Calibration(before.batch_size if before else CANDIDATES[0], threads, rate, time.time()))
 
 
 def best_batch_size(model: DiffusionModel) -> int:

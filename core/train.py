@@ -412,7 +412,6 @@ def _fit_vae(cfg: dict, ckpt: Checkpoints, clock: Callable[[], float], progress:
     """The autoencoder, trained on digits outside the split, with its scaling factor set from them."""
     from diffusers import AutoencoderKL
 
-
     data, settings = cfg["data"], cfg["vae_train"]
     vae_ids = datasets.digits_outside_ids(settings["images"], n_members=data["members"], n_heldout=data["heldout"],
                                           seed=data["split_seed"])
@@ -466,7 +465,6 @@ def train(config: dict | str | Path, out_dir: str | Path | None = None, *, progr
 
 
 def _train(cfg: dict, source: Path | None, out: Path, *, progress: bool, resume: bool) -> Path:
-
     ckpt = Checkpoints(out / CHECKPOINT_DIR, phase_digests(cfg))
     if not resume and ckpt.folder.exists():
         shutil.rmtree(ckpt.folder)
@@ -714,7 +712,6 @@ def _vae_fields(cfg: dict, summary: dict) -> dict:
 
 def _text_fields(cfg: dict, split, summary: dict) -> dict:
     """What a text model's manifest adds: the autoencoder's digits, the captions, and how it was trained."""
-
     if cfg["kind"] != "text":
         return {}
     ids = split.member_ids + split.heldout_ids
@@ -750,7 +747,6 @@ def package_versions() -> dict[str, str]:
 def _reconstruction(model, record: dict, split, vae_ids: list[str] | None = None) -> dict:
     """Mean squared reconstruction error (per pixel, [-1, 1] scale) of the VAE on each split, and
     on its own training digits when they are not the members."""
-
     out = {}
     sets = (("members", split.member_ids), ("heldout", split.heldout_ids)) + ((("vae_train", vae_ids),) if vae_ids else ())
     for which, ids in sets:

@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Sequence
 
 from core.data import IMAGE_EXTENSIONS
+from core.datasets import DATASET as DIGITS
 from core.images import LoadedImages
 from explorer.uploads import load_uploads
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "examples"
 EXAMPLES_CSV = "examples.csv"
-#: What the bundled examples are: digits of the demos' scikit-learn split (core.datasets).
-EXAMPLES_DATASET = "sklearn-digits"
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ def suited_to(examples: list[Example], model) -> list[Example]:
     the examples' digits (the photo demo): digits would only be out-of-domain noise to it."""
     dataset = (getattr(model, "manifest", None) or {}).get("dataset")
     name = dataset.get("name") if isinstance(dataset, dict) else None
-    return examples if name in (None, EXAMPLES_DATASET) else []
+    return examples if name in (None, DIGITS) else []  # the examples are digits of the demos' split
 
 
 def _label(row: dict) -> str | None:
